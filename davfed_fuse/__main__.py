@@ -1,0 +1,5 @@
+import sys
+
+from davfed_fuse.cli import main
+
+sys.exit(main())
