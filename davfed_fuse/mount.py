@@ -1,14 +1,180 @@
 """The mount daemon: one trio run that serves one FUSE mount.
 
-Owns: the lifecycle of a mount (pyfuse3 init, readiness report, signals,
-clean unmount). Placeholder until the FUSE layer lands.
+Owns: the lifecycle of a mount, as one ``async with`` tree: the HTTP client,
+the first request to the federation (the mount fails before anything is
+mounted if the federation cannot be reached), ``pyfuse3.init``, the readiness
+report, the signal watcher, and the unmount, which always runs last.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import socket
+import time
+from pathlib import Path
 
+import httpx
+import pyfuse3
+import trio
+
+from davfed_fuse import __version__
 from davfed_fuse.config import Config
+from davfed_fuse.errors import DavfedError, MountError, NotFound
+from davfed_fuse.fuse_ops import Attributes, DavfedOperations
+from davfed_fuse.namespace import Namespace
+from davfed_fuse.reader import DirectReader
+from davfed_fuse.remote import Federation
+from davfed_fuse.webdav import RemoteEntry
+
+log = logging.getLogger(__name__)
+
+
+class Readiness:
+    """Reports once, to the launcher's pipe and to systemd, that the mount is live or failed."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def _send(self, line: str) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.write(fd, line.encode(errors="replace") + b"\n")
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def ready(self) -> None:
+        self._send("READY")
+        sd_notify("READY=1")
+
+    def failed(self, message: str) -> None:
+        self._send("ERROR " + " ".join(message.split()))
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd about ``state`` when run as a ``Type=notify`` service."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(state.encode(), address)
+        except OSError as exc:
+            log.warning("cannot notify systemd: %s", exc)
+
+
+def fuse_options(config: Config) -> set[str]:
+    """The option strings handed to libfuse for ``config``."""
+    fsname = config.url.replace("\\", "\\\\").replace(",", "\\,")
+    options = {f"fsname={fsname}", "subtype=davfed", "ro"}
+    for flag in ("nosuid", "nodev", "noexec"):
+        if getattr(config, flag):
+            options.add(flag)
+    if config.allow_other:
+        options.add("allow_other")
+    elif config.allow_root:
+        options.add("allow_root")
+    if config.default_permissions:
+        options.add("default_permissions")
+    return options | set(config.extra_fuse_options)
+
+
+async def _stat_root(federation: Federation, config: Config) -> RemoteEntry:
+    """PROPFIND the federation root, with a few retries for transient failures."""
+    delay = 0.2
+    for attempt in range(config.retries + 1):
+        try:
+            return await federation.stat("")
+        except NotFound:
+            raise
+        except DavfedError as exc:
+            if attempt == config.retries:
+                raise
+            log.info("federation not answering (%s), retrying in %.1f s", exc, delay)
+        except httpx.HTTPError as exc:
+            if attempt == config.retries:
+                raise MountError(f"{type(exc).__name__}: {exc}") from exc
+            log.info("federation not answering (%s), retrying in %.1f s", exc, delay)
+        await trio.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
+
+
+async def _watch_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("got %s, unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def http_client(config: Config) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(config.timeout, connect=config.connect_timeout)
+    limits = httpx.Limits(
+        max_connections=max(16, 2 * config.max_connections),
+        max_keepalive_connections=max(16, 2 * config.max_connections),
+    )
+    return httpx.AsyncClient(
+        timeout=timeout,
+        limits=limits,
+        follow_redirects=False,
+        headers={"User-Agent": f"davfed/{__version__}"},
+    )
+
+
+async def serve(config: Config, readiness: Readiness) -> None:
+    """Mount, serve until unmounted or signalled, unmount."""
+    async with http_client(config) as client:
+        federation = Federation(config.url, client)
+        try:
+            with trio.fail_after(config.mount_timeout):
+                root = await _stat_root(federation, config)
+        except trio.TooSlowError:
+            raise MountError(f"{config.url}: no answer within {config.mount_timeout:g} s") from None
+        except DavfedError as exc:
+            raise MountError(f"{config.url}: {exc}") from exc
+        if not root.is_dir:
+            raise MountError(f"{config.url} is a file, not a directory")
+        namespace = Namespace(
+            federation,
+            attr_timeout=config.attr_timeout,
+            dir_timeout=config.dir_timeout,
+            negative_timeout=config.negative_timeout,
+            clock=time.monotonic,
+        )
+        attributes = Attributes(
+            uid=config.uid,
+            gid=config.gid,
+            file_mode=config.file_mode,
+            dir_mode=config.dir_mode,
+            attr_timeout=config.attr_timeout,
+            entry_timeout=config.entry_timeout,
+        )
+        operations = DavfedOperations(
+            namespace, attributes, lambda entry: DirectReader(federation, entry)
+        )
+        mountpoint = Path(config.mountpoint)
+        try:
+            pyfuse3.init(operations, str(mountpoint), fuse_options(config))
+        except RuntimeError as exc:
+            raise MountError(f"cannot mount on {mountpoint}: {exc}") from exc
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_signals)
+                log.info("mounted %s on %s", config.url, mountpoint)
+                readiness.ready()
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", mountpoint)
 
 
 def run(config: Config, ready_fd: int | None = None) -> int:
@@ -19,7 +185,15 @@ def run(config: Config, ready_fd: int | None = None) -> int:
     on a failure before that, writes ``ERROR <one line>\\n`` and returns 32.
     Returns 0 after a clean unmount.
     """
-    if ready_fd is not None:
-        os.write(ready_fd, b"ERROR the FUSE layer is not implemented yet\n")
-        os.close(ready_fd)
-    return 32
+    readiness = Readiness(ready_fd)
+    try:
+        trio.run(serve, config, readiness)
+    except MountError as exc:
+        log.error("%s", exc)
+        readiness.failed(str(exc))
+        return 32
+    except Exception as exc:
+        log.exception("mount failed")
+        readiness.failed(f"internal error: {exc!r}")
+        return 32
+    return 0
