@@ -1,0 +1,125 @@
+"""The inode table and metadata caches, against a fake federation and a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from davfed_fuse.errors import NotFound
+from davfed_fuse.namespace import ROOT_INODE, Namespace
+from davfed_fuse.webdav import RemoteEntry
+
+
+def entry(path: str, is_dir: bool = False, size: int = 1) -> RemoteEntry:
+    return RemoteEntry(path=path, is_dir=is_dir, size=size, mtime_ns=10**18, etag="e")
+
+
+class FakeFederation:
+    def __init__(self) -> None:
+        self.tree = {
+            "": entry("", True),
+            "d": entry("d", True),
+            "d/a": entry("d/a"),
+            "d/b": entry("d/b", size=2),
+        }
+        self.calls: list[tuple[str, str]] = []
+        self.delay = 0.0
+
+    async def stat(self, path: str) -> RemoteEntry:
+        self.calls.append(("stat", path))
+        await trio.sleep(self.delay)
+        if path not in self.tree:
+            raise NotFound(path)
+        return self.tree[path]
+
+    async def listdir(self, path: str) -> tuple[RemoteEntry | None, list[RemoteEntry]]:
+        self.calls.append(("list", path))
+        prefix = f"{path}/" if path else ""
+        children = [
+            e for p, e in self.tree.items() if p.startswith(prefix) and "/" not in p[len(prefix) :]
+        ]
+        return self.tree[path], [c for c in children if c.path != path]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(fed: FakeFederation, clock: Clock) -> Namespace:
+    return Namespace(
+        fed,  # type: ignore[arg-type]
+        attr_timeout=60,
+        dir_timeout=60,
+        negative_timeout=10,
+        clock=clock,
+    )
+
+
+async def test_lookup_counts_and_forget() -> None:
+    ns = make(FakeFederation(), Clock())
+    inode, _ = await ns.lookup("", "d")
+    again, _ = await ns.lookup("", "d")
+    assert inode == again != ROOT_INODE
+    assert ns.lookup_count(inode) == 2
+    ns.forget(inode, 1)
+    assert ns.path(inode) == "d"
+    ns.forget(inode, 1)
+    with pytest.raises(NotFound):
+        ns.path(inode)
+    newer, _ = await ns.lookup("", "d")
+    assert newer > inode, "a retired inode number is never reused"
+    ns.forget(ROOT_INODE, 5)
+    assert ns.path(ROOT_INODE) == ""
+
+
+async def test_a_listing_answers_later_stats() -> None:
+    fed = FakeFederation()
+    ns = make(fed, Clock())
+    children = await ns.listdir("d")
+    assert [c.name for c in children] == ["a", "b"]
+    assert (await ns.stat("d/b")).size == 2
+    with pytest.raises(NotFound):
+        await ns.stat("d/zzz")
+    assert fed.calls == [("list", "d")]
+
+
+async def test_misses_are_remembered_for_the_negative_timeout() -> None:
+    fed, clock = FakeFederation(), Clock()
+    ns = make(fed, clock)
+    for _ in range(3):
+        with pytest.raises(NotFound):
+            await ns.stat("new")
+    assert fed.calls == [("stat", "new")]
+    fed.tree["new"] = entry("new")
+    clock.now = 11
+    assert (await ns.stat("new")).path == "new"
+
+
+async def test_attributes_expire() -> None:
+    fed, clock = FakeFederation(), Clock()
+    ns = make(fed, clock)
+    await ns.stat("d/a")
+    fed.tree["d/a"] = entry("d/a", size=99)
+    assert (await ns.stat("d/a")).size == 1
+    clock.now = 61
+    assert (await ns.stat("d/a")).size == 99
+
+
+async def test_concurrent_stats_share_one_request() -> None:
+    fed = FakeFederation()
+    fed.delay = 0.05
+    ns = make(fed, Clock())
+    results: list[RemoteEntry] = []
+
+    async def one() -> None:
+        results.append(await ns.stat("d/a"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(one)
+    assert len(results) == 10
+    assert fed.calls == [("stat", "d/a")]
