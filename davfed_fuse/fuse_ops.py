@@ -53,10 +53,14 @@ def fuse_errors(
     return wrapper
 
 
+#: What a read returns: any contiguous buffer will do for pyfuse3.
+Data = bytes | bytearray | memoryview
+
+
 class Reader:
     """What ``fuse_ops`` needs from whatever serves a file's bytes."""
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> Data:
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -208,7 +212,7 @@ class DavfedOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=unchanged, direct_io=False)
 
     @fuse_errors
-    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+    async def read(self, fh: FileHandleT, off: int, size: int) -> Data:  # type: ignore[override]
         return await self._files[fh].reader.read(off, size)
 
     @fuse_errors

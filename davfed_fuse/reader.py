@@ -7,7 +7,7 @@ place when a cache is configured.
 
 from __future__ import annotations
 
-from davfed_fuse.fuse_ops import Reader
+from davfed_fuse.fuse_ops import Data, Reader
 from davfed_fuse.remote import Federation
 from davfed_fuse.webdav import RemoteEntry
 
@@ -19,6 +19,6 @@ class DirectReader(Reader):
         self._federation = federation
         self._entry = entry
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> Data:
         entry = self._entry
         return await self._federation.read(entry.path, offset, offset + size, entry.size)

@@ -151,7 +151,7 @@ class Federation:
 
     # -- data ---------------------------------------------------------------
 
-    async def read(self, path: str, start: int, end: int, size: int) -> bytes:
+    async def read(self, path: str, start: int, end: int, size: int) -> bytes | bytearray:
         """Bytes ``[start, end)`` of the file ``path`` whose size is ``size``.
 
         Returns exactly ``min(end, size) - start`` bytes (empty at or past EOF).
@@ -190,7 +190,7 @@ class Federation:
 
     async def _read_following(
         self, path: str, start: int, end: int, size: int
-    ) -> tuple[bytes, str]:
+    ) -> tuple[bytes | bytearray, str]:
         """Ranged GET on the federation, following redirects to the data."""
         url = url_for(self.base_url, path)
         for _hop in range(MAX_REDIRECTS + 1):
@@ -201,7 +201,7 @@ class Federation:
                 url = redirect.location
         raise BadResponse(f"GET {path!r}: more than {MAX_REDIRECTS} redirects")
 
-    async def _read_target(self, url: str, start: int, end: int, size: int) -> bytes:
+    async def _read_target(self, url: str, start: int, end: int, size: int) -> bytes | bytearray:
         try:
             return await self._get_range(url, start, end, size, federation=False)
         except _Redirect as redirect:
@@ -212,7 +212,7 @@ class Federation:
 
     async def _get_range(
         self, url: str, start: int, end: int, size: int, *, federation: bool
-    ) -> bytes:
+    ) -> bytes | bytearray:
         headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
         if federation:
             headers.update(self._headers_for(url))
@@ -239,7 +239,7 @@ class Federation:
 
     async def _read_partial(
         self, response: httpx.Response, url: str, start: int, end: int, size: int
-    ) -> bytes:
+    ) -> bytearray:
         first, stop, total = parse_content_range(response.headers.get("Content-Range", ""))
         if total is not None and total != size:
             raise _TargetFailed(
@@ -249,24 +249,39 @@ class Federation:
             raise _TargetFailed(
                 IntegrityError(f"{redact_url(url)} sent bytes {first}-{stop} for {start}-{end}")
             )
-        return await self._collect(response, url, end - start, skip=0)
+        return await self._collect(response, url, end - start, skip=0, exact=True)
 
     async def _read_skipping(
         self, response: httpx.Response, url: str, start: int, end: int, size: int
-    ) -> bytes:
+    ) -> bytearray:
         length = response.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) != size:
             raise _TargetFailed(
                 IntegrityError(f"{redact_url(url)} has {length} bytes, the federation says {size}")
             )
-        return await self._collect(response, url, end - start, skip=start)
+        return await self._collect(response, url, end - start, skip=start, exact=False)
 
-    async def _collect(self, response: httpx.Response, url: str, want: int, *, skip: int) -> bytes:
-        """Read ``want`` bytes of the body after discarding ``skip`` bytes."""
-        buffer = bytearray()
+    async def _collect(
+        self, response: httpx.Response, url: str, want: int, *, skip: int, exact: bool
+    ) -> bytearray:
+        """Read ``want`` bytes of the body after discarding ``skip`` bytes.
+
+        ``exact``: the body must hold exactly that many bytes (a 206 answer),
+        and is read to its end; otherwise reading stops once ``want`` bytes
+        are in (a 200 answer carrying the whole file).
+
+        The body is read raw (davfed asks for ``identity`` encoding) straight
+        into one preallocated buffer: no re-chunking, one copy per socket read.
+        """
+        encoding = response.headers.get("Content-Encoding", "identity").lower()
+        if encoding != "identity":
+            raise _TargetFailed(BadResponse(f"{redact_url(url)} sent {encoding}-encoded data"))
+        buffer = bytearray(want)
+        view = memoryview(buffer)
+        filled = 0
         try:
-            # httpx types aiter_bytes() as an iterator; it is a generator to close.
-            chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+            # httpx types aiter_raw() as an iterator; it is a generator to close.
+            chunks = cast(AsyncGenerator[bytes, None], response.aiter_raw())
             async with aclosing(chunks):
                 async for chunk in chunks:
                     if skip:
@@ -275,18 +290,26 @@ class Federation:
                             continue
                         chunk = chunk[skip:]
                         skip = 0
-                    buffer += chunk
-                    if len(buffer) >= want:
+                    take = min(len(chunk), want - filled)
+                    if take < len(chunk) and exact:
+                        raise _TargetFailed(
+                            IntegrityError(f"{redact_url(url)}: body longer than {want} bytes")
+                        )
+                    view[filled : filled + take] = chunk[:take]
+                    filled += take
+                    if filled == want and not exact:
                         break
         except httpx.TimeoutException as exc:
             raise _TargetFailed(UpstreamTimeout(f"reading {redact_url(url)}: timed out")) from exc
         except httpx.TransportError as exc:
             raise _TargetFailed(UpstreamError(f"reading {redact_url(url)}: {exc!r}")) from exc
-        if len(buffer) < want:
+        finally:
+            view.release()
+        if filled < want:
             raise _TargetFailed(
-                IntegrityError(f"{redact_url(url)}: body ended after {len(buffer)} of {want} bytes")
+                IntegrityError(f"{redact_url(url)}: body ended after {filled} of {want} bytes")
             )
-        return bytes(buffer[:want])
+        return buffer
 
     # -- helpers --------------------------------------------------------------
 

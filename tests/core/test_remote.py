@@ -24,7 +24,7 @@ class World:
         self.replica_status: Callable[[int], int | None] = lambda n: None
         self.replica_hits = 0
         self.total = len(DATA)
-        self.redirects = 1
+        self.body_delta = 0  # bytes added to (or cut from) each ranged body
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -46,10 +46,15 @@ class World:
         assert match
         first, last = int(match[1]), int(match[2])
         body = DATA[first : last + 1]
+        body = (
+            body + b"x" * self.body_delta
+            if self.body_delta > 0
+            else body[: len(body) + self.body_delta]
+        )
         return httpx.Response(
             206,
             headers={"Content-Range": f"bytes {first}-{first + len(body) - 1}/{self.total}"},
-            content=body,
+            stream=httpx.ByteStream(body),  # a stream, as on the wire: read once
         )
 
 
@@ -141,3 +146,11 @@ def test_content_range() -> None:
     assert parse_content_range("bytes 5-5/*") == (5, 6, None)
     with pytest.raises(BadResponse):
         parse_content_range("bytes */1000")
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+async def test_a_body_of_the_wrong_length_is_refused(world: World, delta: int) -> None:
+    world.body_delta = delta
+    with pytest.raises(IntegrityError, match="body"):
+        await make(world).read("f", 0, 100, len(DATA))
+    assert world.replica_hits == 2, "the federation was asked again before failing"
