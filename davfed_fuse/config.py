@@ -44,6 +44,8 @@ class Config:
     nodev: bool = True
     noexec: bool = False
     noatime: bool = False
+    sync: bool = False
+    dirsync: bool = False
     # Ownership and modes of every entry (low-level FUSE has no uid=/gid=).
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
@@ -75,6 +77,10 @@ class Config:
     token_file: Path | None = None
     capath: Path | None = None
     proxy: str | None = None
+    # ``config=PATH`` as given (not read yet) and ``env.NAME=VALUE`` pairs that
+    # the launcher puts into the daemon's environment.
+    config_file: Path | None = None
+    env: tuple[tuple[str, str], ...] = ()
     # Where pyfuse3 was told what, for --dry-run and logs.
     extra_fuse_options: frozenset[str] = frozenset()
 

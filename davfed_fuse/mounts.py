@@ -1,0 +1,172 @@
+"""The kernel's mount table, as davfed needs it.
+
+Owns: parsing ``/proc/self/mountinfo`` (pure), finding the mount on a
+directory, recognising a stale FUSE mountpoint (ENOTCONN) and detaching or
+unmounting one (through ``umount`` / ``fusermount3``).
+Must not import: pyfuse3, trio, httpx, or any davfed module but ``errors``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from davfed_fuse.errors import MountError
+
+log = logging.getLogger(__name__)
+
+MOUNTINFO = "/proc/self/mountinfo"
+#: What the kernel calls a davfed mount (``fuse.`` + the subtype).
+FSTYPE = "fuse.davfed"
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(frozen=True, slots=True)
+class MountEntry:
+    """One line of mountinfo (proc(5)), with the octal escapes decoded."""
+
+    mount_id: int
+    parent_id: int
+    device: str
+    root: str
+    mountpoint: str
+    options: str
+    fstype: str
+    source: str
+    super_options: str
+
+    @property
+    def is_davfed(self) -> bool:
+        return self.fstype == FSTYPE
+
+
+def unescape(field: str) -> str:
+    """Decode the kernel's ``\\040``-style escapes (space, tab, newline, backslash)."""
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo_line(line: str) -> MountEntry:
+    """Parse one mountinfo line.
+
+    ``36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue``
+    (any number of optional fields precede the ``-``).
+
+    Raises:
+        ValueError: the line does not have mountinfo's shape.
+    """
+    fields = line.rstrip("\n").split(" ")
+    try:
+        dash = fields.index("-", 6)
+    except ValueError:
+        raise ValueError(f"not a mountinfo line: {line!r}") from None
+    if len(fields) < dash + 3:
+        raise ValueError(f"not a mountinfo line: {line!r}")
+    return MountEntry(
+        mount_id=int(fields[0]),
+        parent_id=int(fields[1]),
+        device=fields[2],
+        root=unescape(fields[3]),
+        mountpoint=unescape(fields[4]),
+        options=fields[5],
+        fstype=unescape(fields[dash + 1]),
+        source=unescape(fields[dash + 2]),
+        super_options=fields[dash + 3] if len(fields) > dash + 3 else "",
+    )
+
+
+def parse_mountinfo(lines: Iterable[str]) -> list[MountEntry]:
+    """Parse every non-empty line, in the kernel's order (later lines are on top)."""
+    return [parse_mountinfo_line(line) for line in lines if line.strip()]
+
+
+def read_mountinfo(path: str = MOUNTINFO) -> list[MountEntry]:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return parse_mountinfo(f)
+
+
+def find_mount(
+    mountpoint: str | os.PathLike[str], entries: Sequence[MountEntry] | None = None
+) -> MountEntry | None:
+    """The topmost mount on exactly ``mountpoint`` (symlinks resolved), or None."""
+    target = os.path.realpath(mountpoint)
+    if entries is None:
+        entries = read_mountinfo()
+    found = None
+    for entry in entries:
+        if entry.mountpoint == target:
+            found = entry
+    return found
+
+
+def is_stale(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` is a FUSE mountpoint whose daemon is gone (stat gives ENOTCONN)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def _run(command: Sequence[str]) -> str | None:
+    """Run ``command``; None on success, else its last line of complaint."""
+    try:
+        done = subprocess.run(
+            list(command), capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{command[0]}: {exc}"
+    if done.returncode == 0:
+        return None
+    lines = (done.stderr or done.stdout).strip().splitlines()
+    return lines[-1] if lines else f"{command[0]} exited with status {done.returncode}"
+
+
+def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False) -> None:
+    """Unmount with ``umount`` (root), falling back to ``fusermount3 -u``.
+
+    ``lazy`` detaches at once even if files are open (``umount -l`` / ``-uz``).
+
+    Raises:
+        MountError: both failed; the message is the tool's last complaint.
+    """
+    path = os.fspath(mountpoint)
+    attempts: list[list[str]] = []
+    if os.geteuid() == 0 and shutil.which("umount"):
+        attempts.append(["umount", "-l", path] if lazy else ["umount", path])
+    fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
+    if fusermount:
+        attempts.append([fusermount, "-uz" if lazy else "-u", path])
+    if not attempts:
+        raise MountError("neither umount nor fusermount3 is available")
+    complaint = ""
+    for command in attempts:
+        failure = _run(command)
+        if failure is None:
+            log.info("unmounted %s (%s)", path, " ".join(command[:-1]))
+            return
+        complaint = failure
+        log.debug("%s failed: %s", " ".join(command), failure)
+    raise MountError(f"cannot unmount {path}: {complaint}")
+
+
+def detach_stale(mountpoint: str | os.PathLike[str]) -> bool:
+    """Lazily detach ``mountpoint`` if it is stale. Returns True if it was.
+
+    Raises:
+        MountError: it is stale and could not be detached.
+    """
+    if not is_stale(mountpoint):
+        return False
+    log.warning(
+        "%s: Transport endpoint is not connected (a dead FUSE daemon); detaching it",
+        os.fspath(mountpoint),
+    )
+    unmount(mountpoint, lazy=True)
+    return True

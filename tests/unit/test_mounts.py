@@ -1,0 +1,106 @@
+"""Parsing /proc/self/mountinfo, and finding mounts in it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from davfed_fuse.mounts import (
+    MountEntry,
+    find_mount,
+    is_stale,
+    parse_mountinfo,
+    parse_mountinfo_line,
+    read_mountinfo,
+    unescape,
+)
+
+SAMPLE = "".join(
+    line + "\n"
+    for line in [
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro",
+        "36 22 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue",
+        "40 22 0:35 / /dynafed/belle ro,nosuid,nodev,relatime shared:20 - fuse.davfed"
+        " https://dynafed.example/belle rw,user_id=0,group_id=0,allow_other",
+        "41 22 0:36 / /mnt/with\\040space\\011tab rw,nosuid,nodev - fuse.davfed"
+        " https://h.example/a\\040b rw,user_id=0,group_id=0",
+        "42 22 0:37 / /tmp ro - tmpfs tmpfs rw",
+        "43 42 0:38 / /tmp rw - fuse.davfed http://second.example/ rw,user_id=0",
+        "44 22 0:39 / /no/optional/fields rw - fuse.sshfs user@host:/p\\134x rw",
+    ]
+)
+
+
+def test_parse_a_plain_line() -> None:
+    entry = parse_mountinfo_line(SAMPLE.splitlines()[1])
+    assert entry == MountEntry(
+        mount_id=36,
+        parent_id=22,
+        device="98:0",
+        root="/mnt1",
+        mountpoint="/mnt2",
+        options="rw,noatime",
+        fstype="ext3",
+        source="/dev/root",
+        super_options="rw,errors=continue",
+    )
+    assert not entry.is_davfed
+
+
+def test_parse_a_davfed_line() -> None:
+    entry = parse_mountinfo_line(SAMPLE.splitlines()[2])
+    assert entry.is_davfed
+    assert entry.source == "https://dynafed.example/belle"
+    assert entry.mountpoint == "/dynafed/belle"
+    assert entry.options == "ro,nosuid,nodev,relatime"
+
+
+def test_octal_escapes_are_decoded() -> None:
+    entry = parse_mountinfo_line(SAMPLE.splitlines()[3])
+    assert entry.mountpoint == "/mnt/with space\ttab"
+    assert entry.source == "https://h.example/a b"
+    assert unescape("a\\134b\\012c") == "a\\b\nc"
+
+
+def test_no_optional_fields() -> None:
+    entry = parse_mountinfo_line(SAMPLE.splitlines()[6])
+    assert (entry.fstype, entry.source) == ("fuse.sshfs", "user@host:/p\\x")
+
+
+@pytest.mark.parametrize("line", ["", "garbage", "1 2 3 4 5 6 7 8", "1 2 0:1 / /x rw - ext4"])
+def test_malformed_lines_raise(line: str) -> None:
+    with pytest.raises(ValueError):
+        parse_mountinfo_line(line)
+
+
+def test_find_mount_returns_the_topmost() -> None:
+    entries = parse_mountinfo(SAMPLE.splitlines(keepends=True))
+    assert len(entries) == 7
+    top = find_mount("/tmp", entries)
+    assert top is not None and top.mount_id == 43 and top.is_davfed
+    found = find_mount("/dynafed/belle", entries)
+    assert found is not None and found.mount_id == 40
+    assert find_mount("/dynafed", entries) is None
+
+
+def test_find_mount_resolves_symlinks(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    line = f"50 22 0:40 / {real} rw - fuse.davfed https://x.example/ rw"
+    entries = parse_mountinfo([line])
+    assert find_mount(tmp_path / "link", entries) == entries[0]
+
+
+def test_read_the_real_mount_table() -> None:
+    entries = read_mountinfo()
+    root = find_mount("/", entries)
+    assert root is not None and root.mountpoint == "/"
+
+
+def test_is_stale_is_false_for_ordinary_paths(tmp_path: Path) -> None:
+    assert not is_stale(tmp_path)
+    assert not is_stale(tmp_path / "missing")
+    assert not is_stale(os.devnull)
