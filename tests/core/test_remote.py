@@ -53,7 +53,7 @@ class World:
         )
         return httpx.Response(
             206,
-            headers={"Content-Range": f"bytes {first}-{first + len(body) - 1}/{self.total}"},
+            headers={"Content-Range": f"bytes {first}-{min(last, len(DATA) - 1)}/{self.total}"},
             stream=httpx.ByteStream(body),  # a stream, as on the wire: read once
         )
 
@@ -148,6 +148,9 @@ def test_content_range() -> None:
         parse_content_range("bytes */1000")
 
 
+# Abandoning a body half-read leaves httpx's inner stream generators to the
+# garbage collector (the connection itself is closed by response.aclose()).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("delta", [-1, 1])
 async def test_a_body_of_the_wrong_length_is_refused(world: World, delta: int) -> None:
     world.body_delta = delta
