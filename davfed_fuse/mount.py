@@ -23,6 +23,7 @@ from davfed_fuse import __version__
 from davfed_fuse.config import Config
 from davfed_fuse.errors import DavfedError, MountError, NotFound
 from davfed_fuse.fuse_ops import Attributes, DavfedOperations
+from davfed_fuse.mounts import read_mountinfo
 from davfed_fuse.namespace import Namespace
 from davfed_fuse.reader import DirectReader
 from davfed_fuse.remote import Federation
@@ -107,12 +108,56 @@ async def _stat_root(federation: Federation, config: Config) -> RemoteEntry:
     raise AssertionError("unreachable")
 
 
+#: The kernel's read-ahead for the mount; it sets the size of FUSE read requests
+#: (128 KiB by default, 1 MiB is the most libfuse negotiates).
+KERNEL_READAHEAD_KB = 1024
+
+
+def mount_device(mountpoint: Path) -> str | None:
+    """``major:minor`` of the topmost mount at the already resolved ``mountpoint``.
+
+    Never ``stat`` (or ``realpath``) our own mountpoint from the daemon: that is
+    a FUSE request to ourselves, and it would hang before the request loop runs.
+    """
+    found = None
+    for entry in read_mountinfo():
+        if entry.mountpoint == str(mountpoint):
+            found = entry.device
+    return found
+
+
+def raise_kernel_readahead(mountpoint: Path, kilobytes: int = KERNEL_READAHEAD_KB) -> None:
+    """Let the kernel send large reads: set the mount's bdi ``read_ahead_kb``."""
+    device = mount_device(mountpoint)
+    if device is None:
+        log.warning("cannot find %s in mountinfo; kernel read-ahead left as is", mountpoint)
+        return
+    try:
+        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(f"{kilobytes}\n")
+    except OSError as exc:
+        log.info("cannot raise the kernel read-ahead of %s: %s", mountpoint, exc)
+
+
 async def _watch_signals() -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("got %s, unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
             return
+
+
+async def _announce(config: Config, mountpoint: Path, readiness: Readiness) -> None:
+    """Once the kernel has finished FUSE_INIT, tune the mount and report it live.
+
+    A ``stat`` of the mountpoint from a thread goes through the kernel to our
+    own ``getattr``, so when it returns the mount is served end to end. The
+    kernel applies its read-ahead at INIT, so ours is set after that.
+    """
+    with trio.fail_after(config.mount_timeout):
+        await trio.to_thread.run_sync(os.stat, mountpoint)
+    raise_kernel_readahead(mountpoint)
+    log.info("mounted %s on %s", config.url, mountpoint)
+    readiness.ready()
 
 
 def http_client(config: Config) -> httpx.AsyncClient:
@@ -160,7 +205,7 @@ async def serve(config: Config, readiness: Readiness) -> None:
         operations = DavfedOperations(
             namespace, attributes, lambda entry: DirectReader(federation, entry)
         )
-        mountpoint = Path(config.mountpoint)
+        mountpoint = Path(config.mountpoint).resolve()
         try:
             pyfuse3.init(operations, str(mountpoint), fuse_options(config))
         except RuntimeError as exc:
@@ -168,8 +213,7 @@ async def serve(config: Config, readiness: Readiness) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_signals)
-                log.info("mounted %s on %s", config.url, mountpoint)
-                readiness.ready()
+                nursery.start_soon(_announce, config, mountpoint, readiness)
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
         finally:
