@@ -177,7 +177,9 @@ def http_client(config: Config) -> httpx.AsyncClient:
 async def serve(config: Config, readiness: Readiness) -> None:
     """Mount, serve until unmounted or signalled, unmount."""
     async with http_client(config) as client:
-        federation = Federation(config.url, client)
+        # A FUSE request may try two replicas, each within the per-operation deadlines.
+        budget = 2 * (config.timeout + config.connect_timeout)
+        federation = Federation(config.url, client, budget=budget)
         try:
             with trio.fail_after(config.mount_timeout):
                 root = await _stat_root(federation, config)

@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import NoReturn, cast
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import trio
 
 from davfed_fuse.errors import (
     BadResponse,
@@ -98,6 +99,7 @@ class Federation:
         *,
         federation_headers: Callable[[], dict[str, str]] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        budget: float = 120.0,
     ) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.root_path = urlsplit(self.base_url).path
@@ -105,6 +107,9 @@ class Federation:
         self._client = client
         self._federation_headers = federation_headers or dict
         self._wall_clock = wall_clock
+        #: Seconds one call of :meth:`stat`, :meth:`listdir` or :meth:`read` may take
+        #: in all, redirects and the second try included (then UpstreamTimeout).
+        self.budget = budget
         self._targets: dict[str, Target] = {}
 
     # -- metadata ---------------------------------------------------------
@@ -138,7 +143,8 @@ class Federation:
 
     async def stat(self, path: str) -> RemoteEntry:
         """What the federation says about ``path``; NotFound if it does not exist."""
-        entries = await self.propfind(path, 0)
+        with self._deadline(f"stat {path or '/'}"):
+            entries = await self.propfind(path, 0)
         for entry in entries:
             if entry.path == path:
                 return entry
@@ -146,7 +152,8 @@ class Federation:
 
     async def listdir(self, path: str) -> tuple[RemoteEntry | None, list[RemoteEntry]]:
         """The directory ``path`` and its children (PROPFIND Depth 1)."""
-        entries = await self.propfind(path, 1, is_dir=True)
+        with self._deadline(f"listing {path or '/'}"):
+            entries = await self.propfind(path, 1, is_dir=True)
         return split_listing(entries, path)
 
     # -- data ---------------------------------------------------------------
@@ -161,6 +168,10 @@ class Federation:
         end = min(end, size)
         if start >= end:
             return b""
+        with self._deadline(f"read {path} [{start}, {end})"):
+            return await self._read(path, start, end, size)
+
+    async def _read(self, path: str, start: int, end: int, size: int) -> bytes | bytearray:
         for attempt in range(2):
             target = self._fresh_target(path)
             try:
@@ -175,6 +186,14 @@ class Federation:
                     raise failed.error from None
                 log.info("re-resolving %s after: %s", path, failed.error)
         raise AssertionError("unreachable")
+
+    @contextmanager
+    def _deadline(self, what: str) -> Iterator[None]:
+        try:
+            with trio.fail_after(self.budget):
+                yield
+        except trio.TooSlowError:
+            raise UpstreamTimeout(f"{what}: no answer within {self.budget:g} s") from None
 
     def forget_target(self, path: str) -> None:
         self._targets.pop(path, None)

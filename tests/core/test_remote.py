@@ -7,8 +7,16 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+import trio
 
-from davfed_fuse.errors import BadResponse, Forbidden, IntegrityError, NotFound, UpstreamError
+from davfed_fuse.errors import (
+    BadResponse,
+    Forbidden,
+    IntegrityError,
+    NotFound,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from davfed_fuse.remote import Federation, parse_content_range
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
@@ -157,3 +165,19 @@ async def test_a_body_of_the_wrong_length_is_refused(world: World, delta: int) -
     with pytest.raises(IntegrityError, match="body"):
         await make(world).read("f", 0, 100, len(DATA))
     assert world.replica_hits == 2, "the federation was asked again before failing"
+
+
+async def test_a_slow_target_costs_at_most_the_budget(
+    world: World, autojump_clock: trio.abc.Clock
+) -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "store.test":
+            await trio.sleep(1000)
+        return world.handler(request)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(slow))
+    fed = Federation(FED, client, budget=5.0)
+    started = trio.current_time()
+    with pytest.raises(UpstreamTimeout, match="within 5 s"):
+        await fed.read("f", 0, 10, len(DATA))
+    assert trio.current_time() - started == pytest.approx(5.0)
