@@ -7,6 +7,10 @@ import errno
 import logging
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -446,3 +450,55 @@ async def test_counters_persist(make_cache: MakeCache) -> None:
     before = cache.stats()
     cache.close()
     assert make_cache().stats() == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["mid-write", "random"])
+async def test_kill_9_at_any_point_leaves_a_consistent_cache(
+    make_cache: MakeCache, cache_root: Path, when: str
+) -> None:
+    from .crash_child import CAP, SOURCE
+
+    ident = ident_for(SOURCE)
+    repo = Path(__file__).resolve().parents[2]
+    rng = random.Random(5)
+    survived = torn = 0
+    for _ in range(6):
+        with subprocess.Popen(
+            [sys.executable, "-m", "tests.cache.crash_child", str(cache_root)],
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as child:
+            try:
+                assert child.stdout is not None
+                assert child.stdout.readline() == "ready\n"
+                if when == "mid-write":
+                    for _ in range(rng.randrange(1, 40)):
+                        assert child.stdout.readline() == "mid\n"
+                else:
+                    time.sleep(rng.uniform(0.0, 0.3))
+            finally:
+                child.kill()  # SIGKILL
+        assert child.returncode == -signal.SIGKILL
+        torn += bool(list(cache_root.rglob("*.tmp")))  # killed with a block half written
+
+        cache = make_cache(max_bytes=CAP)
+        check_invariants(cache)  # no .tmp, no orphans, index == files, sizes add up
+        assert not list(cache_root.rglob("*.tmp"))
+        cached = [k for k in range(61) if cache.is_cached(ident, k)]
+        assert len(cached) == cache.stats().blocks
+        survived += len(cached)
+        fetch = FakeFetcher(SOURCE)
+        hits = cache.stats().hits
+        for k in cached + [k for k in range(61) if k not in cached]:
+            got = await cache.read(ident, k * BS, BS, fetch)
+            assert got == SOURCE[k * BS : (k + 1) * BS]
+        # What survived was served from disk (and was right); the rest was fetched.
+        assert cache.stats().hits - hits == len(cached)
+        assert sorted(fetch.blocks_fetched()) == [k for k in range(61) if k not in cached]
+        check_invariants(cache)
+        cache.close()
+    assert survived > 0
+    if when == "mid-write":
+        assert torn > 0
