@@ -302,9 +302,15 @@ def _install_helper(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--prefix", default="/sbin", type=Path, help="default: /sbin")
     parser.add_argument("--uninstall", action="store_true", help="remove the links")
+    parser.add_argument(
+        "--script",
+        type=Path,
+        default=launcher_script_path(),
+        help="where to write the launcher script the links point to (default: %(default)s)",
+    )
     args = parser.parse_args(list(argv))
     prefix: Path = args.prefix.resolve()
-    script = launcher_script_path()
+    script: Path = args.script.absolute()
     try:
         if args.uninstall:
             return _uninstall(prefix, script)

@@ -106,9 +106,15 @@ def find_mount(
 
 
 def is_stale(path: str | os.PathLike[str]) -> bool:
-    """True if ``path`` is a FUSE mountpoint whose daemon is gone (stat gives ENOTCONN)."""
+    """True if ``path`` is a FUSE mountpoint whose daemon is gone (ENOTCONN).
+
+    ``stat`` alone is not enough: the kernel answers it from its attribute
+    cache for a while after the daemon died. ``statvfs`` always asks the
+    daemon. (A daemon that is alive but hung makes this block.)
+    """
     try:
         os.stat(path)
+        os.statvfs(path)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
