@@ -1,0 +1,227 @@
+"""The federation front end: what a Dynafed (Apache + lcgdm-dav + UGR) answers.
+
+Owns: the aiohttp application serving ``http://127.0.0.1:PORT/<prefix>/``:
+
+* GET/HEAD on a file: ``302`` to the first online replica, with the lcgdm-dav
+  ``Link: <//host:port/path?metalink>; rel=describedby; …`` header and Apache's
+  "Found" page; ``Range`` ignored; no online replica: 404 (or 503); unknown: 404.
+* GET/HEAD on a directory: HTML listing; without the trailing slash: ``301``.
+* ``?metalink``: v3 (lcgdm-dav) or, if ``Accept`` mentions ``metalink4``, v4;
+  URLs in redirect order, freshly signed.
+* PROPFIND Depth 0/1: ``207`` (see ``propfind.py``), gzip-chunked when asked;
+  no Depth or ``infinity``: 403; more than ``maxlistitems`` children: 500.
+* OPTIONS: ``200``, ``DAV: 1,2``; TRACE/TRACK: 403; ``/.well-known/*``: 404;
+  POST and other methods: 405.
+
+Replica choice is delegated to a ``locate(relpath, fresh)`` callable; this
+module never looks at endpoints or health itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from aiohttp import web
+
+from davfed_fuse.testfed import metalink, pages, propfind
+from davfed_fuse.testfed.namespace import (
+    Entry,
+    count_children,
+    href_of,
+    list_dir,
+    relpath_of,
+    stat_entry,
+)
+
+log = logging.getLogger(__name__)
+
+ALLOW = "OPTIONS,GET,HEAD,PROPFIND"
+SERVER = "Apache (davfed testfed)"
+XML_TYPE = 'text/xml; charset="utf-8"'
+
+#: ``locate(relpath, fresh)``: replica URLs of a file, best first; ``fresh`` skips the cache.
+Locate = Callable[[str, bool], list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class FrontEndConfig:
+    data_dir: Path
+    prefix: str  # normalised: "/myfed" or ""
+    host: str  # "127.0.0.1:PORT", for the Link header
+    maxlistitems: int
+    no_replica_status: int
+
+
+def link_header(host: str, href: str) -> str:
+    """The lcgdm-dav metalink pointer: scheme-relative, explicit port, ``?metalink``."""
+    return f'<//{host}{href}?metalink>; rel=describedby; type="{metalink.V3_TYPE}"'
+
+
+def _wants_gzip(request: web.Request) -> bool:
+    return "gzip" in request.headers.get("Accept-Encoding", "").lower()
+
+
+async def _text_response(
+    request: web.Request, status: int, body: bytes, content_type: str
+) -> web.StreamResponse:
+    """A body as Apache's DEFLATE filter sends it: gzip and chunked if the client asks."""
+    if not _wants_gzip(request):
+        return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+    response = web.StreamResponse(status=status, headers={"Content-Type": content_type})
+    response.enable_compression(web.ContentCoding.gzip)
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    if request.method != "HEAD":
+        await response.write(body)
+    await response.write_eof()
+    return response
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=pages.error_page(status, message),
+        headers={"Content-Type": pages.APACHE_HTML, **(headers or {})},
+    )
+
+
+class FrontEnd:
+    """Request handling of the federation; stateless apart from its config."""
+
+    def __init__(self, config: FrontEndConfig, locate: Locate) -> None:
+        self._cfg = config
+        self._locate = locate
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.on_response_prepare.append(self._server_header)
+        return app
+
+    @staticmethod
+    async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Server"] = SERVER
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        method = request.method
+        if method in ("TRACE", "TRACK"):
+            return _error(403, "TRACE and TRACK are not allowed.")
+        if request.path.startswith("/.well-known/"):
+            return _error(404, "The requested URL was not found on this server.")
+        relpath = relpath_of(self._cfg.prefix, request.path)
+        if method == "OPTIONS":
+            return web.Response(
+                status=200,
+                headers={"DAV": "1,2", "Allow": ALLOW, "MS-Author-Via": "DAV"},
+                body=b"",
+            )
+        entry = None if relpath is None else stat_entry(self._cfg.data_dir, relpath)
+        if entry is None:
+            return _error(404, "The requested URL was not found on this server.")
+        if method == "PROPFIND":
+            return await self._propfind(request, entry)
+        if method in ("GET", "HEAD"):
+            if "metalink" in request.query:
+                return self._metalink(request, entry)
+            if entry.is_dir:
+                return await self._directory(request, entry)
+            return self._redirect(entry)
+        return _error(405, f"The requested method {method} is not allowed.", {"Allow": ALLOW})
+
+    # --- files ------------------------------------------------------------------------------
+
+    def _redirect(self, entry: Entry) -> web.Response:
+        urls = self._locate(entry.relpath, False)
+        if not urls:
+            return _error(
+                self._cfg.no_replica_status,
+                "No active endpoints have replicas of this file now.",
+            )
+        location = urls[0]
+        href = href_of(self._cfg.prefix, entry.relpath, False)
+        return web.Response(
+            status=302,
+            body=pages.redirect_page(302, location),
+            headers={
+                "Location": location,
+                "Link": link_header(self._cfg.host, href),
+                "Content-Type": pages.APACHE_HTML,
+            },
+        )
+
+    def _metalink(self, request: web.Request, entry: Entry) -> web.Response:
+        if entry.is_dir:
+            return _error(404, "No metalink for a collection.")
+        urls = self._locate(entry.relpath, True)
+        if not urls:
+            return _error(
+                self._cfg.no_replica_status,
+                "No active endpoints have replicas of this file now.",
+            )
+        name = f"{self._cfg.prefix}/{entry.relpath}"
+        now = time.time()
+        if metalink.wants_v4(request.headers.get("Accept")):
+            body = metalink.metalink_v4(name, entry.size, urls, now)
+            content_type = metalink.V4_TYPE
+        else:
+            body = metalink.metalink_v3(name, entry.size, urls, now)
+            content_type = metalink.V3_TYPE
+        return web.Response(status=200, body=body, headers={"Content-Type": content_type})
+
+    # --- directories ------------------------------------------------------------------------
+
+    def _too_big(self, entry: Entry) -> bool:
+        limit = self._cfg.maxlistitems
+        return count_children(self._cfg.data_dir, entry.relpath, limit) > limit
+
+    async def _directory(self, request: web.Request, entry: Entry) -> web.StreamResponse:
+        if not request.rel_url.raw_path.endswith("/"):
+            location = f"http://{self._cfg.host}{href_of(self._cfg.prefix, entry.relpath, True)}"
+            return web.Response(
+                status=301,
+                body=pages.redirect_page(301, location),
+                headers={"Location": location, "Content-Type": pages.APACHE_HTML},
+            )
+        if self._too_big(entry):
+            return _error(
+                500,
+                "Error getting directory content (likely the directory is bigger than the limit)",
+            )
+        children = list_dir(self._cfg.data_dir, entry.relpath)
+        rows = [(quote(c.name) + ("/" if c.is_dir else ""), c) for c in children]
+        title = f"{self._cfg.prefix}/{entry.relpath}".rstrip("/") + "/"
+        return await _text_response(
+            request, 200, pages.listing_page(title, rows), "text/html; charset=utf-8"
+        )
+
+    # --- PROPFIND ---------------------------------------------------------------------------
+
+    async def _propfind(self, request: web.Request, entry: Entry) -> web.StreamResponse:
+        depth = request.headers.get("Depth", "infinity").strip().lower()
+        if depth not in ("0", "1"):
+            return _error(403, 'PROPFIND requests with a Depth of "infinity" are not allowed.')
+        try:
+            wanted = propfind.parse_propfind(await request.read())
+        except ValueError as exc:
+            return _error(400, str(exc))
+        items = [self._item(entry)]
+        if depth == "1" and entry.is_dir:
+            if self._too_big(entry):
+                return _error(
+                    500,
+                    "Error getting directory content (likely the directory is "
+                    "bigger than the limit)",
+                )
+            items.extend(self._item(c) for c in list_dir(self._cfg.data_dir, entry.relpath))
+        body = propfind.multistatus(items, wanted)
+        return await _text_response(request, 207, body, XML_TYPE)
+
+    def _item(self, entry: Entry) -> tuple[str, Entry, str]:
+        href = href_of(self._cfg.prefix, entry.relpath, entry.is_dir)
+        name = entry.name if entry.relpath else self._cfg.prefix.rsplit("/", 1)[-1]
+        return href, entry, name
