@@ -115,7 +115,7 @@ class _Block:
 
 class _Flight:
     """A fetch in progress. ``event`` is set once ``data`` or ``error`` is known, or the
-    fetch was cancelled (both None: waiters retry)."""
+    fetch was cancelled or was a failed prefetch (both None: waiters fetch themselves)."""
 
     __slots__ = ("data", "error", "event")
 
@@ -178,7 +178,7 @@ class BlockCache:
         self.block_size = block_size
         self.max_bytes = max_bytes
         self._data = str(self.root / FORMAT)
-        self._max_run_blocks = max_run_blocks
+        self.max_run_blocks = max_run_blocks
         self._max_open_files = max_open_files
         self._retry_store_after = retry_store_after
         self._clock = clock
@@ -282,7 +282,7 @@ class BlockCache:
         h = self._bind(ident)
         last = min(last, blockmath.block_count(ident.size, self.block_size) - 1)
         missing = self._missing(ident, h, range(max(first, 0), last + 1))
-        todo = list(blockmath.runs(missing, self._max_run_blocks))
+        todo = list(blockmath.runs(missing, self.max_run_blocks))
         if not todo:
             return 0
         pending = iter(todo)
@@ -300,7 +300,7 @@ class BlockCache:
                         return
                     # Readers may have fetched some of these blocks meanwhile.
                     for x, y in blockmath.runs(self._missing(ident, h, range(run[0], run[1] + 1))):
-                        await self._fetch_run(ident, h, x, y, fetch)
+                        await self._fetch_run(ident, h, x, y, fetch, prefetch=True)
                         done += y - x + 1
                 except Exception as exc:
                     errors.append(exc)
@@ -514,11 +514,20 @@ class BlockCache:
         return [k for k in indices if (h, k) not in self._lru and (ident, k) not in self._flights]
 
     async def _fetch_run(
-        self, ident: FileIdentity, h: str, first: int, last: int, fetch: Fetcher
+        self,
+        ident: FileIdentity,
+        h: str,
+        first: int,
+        last: int,
+        fetch: Fetcher,
+        *,
+        prefetch: bool = False,
     ) -> list[bytes]:
         """Fetch blocks ``first..last`` in one call, wake their waiters, store them.
 
         The caller has checked (without an await since) that none is cached or in flight.
+        The error of a failed read fetch is raised in its waiters too; after a failed
+        prefetch, waiters fetch the block themselves.
         """
         keys = [(ident, k) for k in range(first, last + 1)]
         flights = [_Flight() for _ in keys]
@@ -542,9 +551,10 @@ class BlockCache:
                 await self._store(ident, h, k, block)
             return blocks
         except Exception as exc:
-            for flight in flights:
-                if not flight.event.is_set():
-                    flight.error = exc
+            if not prefetch:
+                for flight in flights:
+                    if not flight.event.is_set():
+                        flight.error = exc
             raise
         finally:
             for key, flight in zip(keys, flights, strict=True):

@@ -1,0 +1,161 @@
+"""The read-ahead policy (a pure state machine) and FileReader over a fake fetcher."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+from davfed_fuse.readahead import FileReader, ReadaheadPolicy
+
+from .conftest import BS, FakeFetcher, MakeCache, ident_for, make_source
+
+KiB = 1024
+MB4 = 4 << 20
+
+
+def sequential(policy: ReadaheadPolicy, size: int, chunk: int) -> list[range]:
+    return [r for off in range(0, size, chunk) if (r := policy.on_read(off, chunk))]
+
+
+def test_window_starts_small_and_doubles_to_the_max() -> None:
+    size = 200 * MB4
+    policy = ReadaheadPolicy(size, MB4, initial_blocks=1, max_bytes=64 << 20)
+    issued = sequential(policy, size, 128 * KiB)
+    assert issued[0] == range(1, 2)
+    # Each top-up exposes the blocks the reader consumed since the last one.
+    assert [len(r) for r in issued[:5]] == [1, 2, 3, 6, 12]
+    assert policy.window == 16
+    assert all(8 <= len(r) <= 16 for r in issued[5:-1])
+    # Every block after the first is handed out exactly once, in order.
+    flat = [i for r in issued for i in r]
+    assert flat == list(range(1, 200))
+    # Never more than the maximum window ahead of the reader.
+    assert max(len(r) for r in issued) <= 16
+
+
+def test_random_reads_reset_and_prefetch_nothing() -> None:
+    size = 100 * MB4
+    policy = ReadaheadPolicy(size, MB4)
+    sequential(policy, 40 * MB4, 1 << 20)
+    assert policy.window > 4
+    rng = random.Random(3)
+    asked = [policy.on_read(rng.randrange(MB4, size), 64 * KiB) for _ in range(200)]
+    assert sum(len(r) for r in asked) <= 2  # a rare chance neighbour at most
+    # A far jump resets the window; an isolated read prefetches nothing.
+    assert policy.on_read(90 * MB4, 64 * KiB) == range(0)
+    assert policy.window == 1
+    assert policy.on_read(10 * MB4, 64 * KiB) == range(0)
+    # The next read continuing that one starts a new, small stream.
+    assert policy.on_read(10 * MB4 + 64 * KiB, 64 * KiB) == range(11, 12)
+
+
+@given(st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 10**6)), max_size=60))
+def test_random_access_never_asks_for_a_large_window(reads: list[tuple[int, int]]) -> None:
+    policy = ReadaheadPolicy(10**7, 100_000, max_bytes=5_000_000)
+    for offset, length in reads:
+        r = policy.on_read(offset, length)
+        assert len(r) <= policy.max_blocks
+        assert all(0 <= i < policy.blocks for i in r)
+
+
+def test_small_out_of_order_reads_stay_sequential() -> None:
+    policy = ReadaheadPolicy(100 * MB4, MB4)
+    policy.on_read(0, 128 * KiB)
+    policy.on_read(256 * KiB, 128 * KiB)  # arrived before the one at 128 KiB
+    policy.on_read(128 * KiB, 128 * KiB)
+    assert policy.on_read(MB4, 128 * KiB) == range(2, 4)  # still one stream: window grew
+
+
+def test_empty_and_eof_reads_change_nothing() -> None:
+    policy = ReadaheadPolicy(10 * BS, BS)
+    assert policy.on_read(0, 0) == range(0)
+    assert policy.on_read(10 * BS, 100) == range(0)
+    assert policy.on_read(0, 10) == range(1, 2)
+    # Near EOF the window is clipped to the file.
+    policy = ReadaheadPolicy(3 * BS, BS, initial_blocks=8)
+    assert policy.on_read(0, 10) == range(1, 3)
+
+
+async def test_file_reader_prefetches_sequential_reads(
+    make_cache: MakeCache, autojump_clock: trio.abc.Clock
+) -> None:
+    data = make_source(64 * BS + 77)
+    ident = ident_for(data)
+    fetch = FakeFetcher(data, delay=0.05)  # a 50 ms round trip per request
+    cache = make_cache(max_run_blocks=1)
+    limiter = trio.CapacityLimiter(8)
+    out = bytearray()
+    async with trio.open_nursery() as nursery:
+        reader = FileReader(cache, ident, fetch, nursery, limiter)
+        reader.policy.max_blocks = 16
+        start = trio.current_time()
+        while chunk := await reader.read(len(out), 300):
+            out += chunk
+        elapsed = trio.current_time() - start
+    assert bytes(out) == data
+    # One fetch per block; most came from read-ahead (this reader is infinitely fast, so
+    # it sometimes catches up with a full window and fetches a block itself).
+    assert sorted(fetch.blocks_fetched()) == list(range(65))
+    assert reader.prefetched_blocks >= 50 and reader.prefetch_failures == 0
+    # Sequential one-block fetches would take 65 x 50 ms; read-ahead overlaps them.
+    assert elapsed < 0.5 * 65 * 0.05
+    # Memory stays bounded: never more than the window (+ the read's own block) in flight.
+    assert fetch.max_running <= 16 + 1
+
+
+async def test_failed_prefetch_does_not_fail_the_read(
+    make_cache: MakeCache, autojump_clock: trio.abc.Clock
+) -> None:
+    data = make_source(8 * BS)
+    ident = ident_for(data)
+    good = FakeFetcher(data)
+    failed: list[int] = []
+
+    async def flaky(start: int, end: int) -> bytes:
+        # Every first attempt at block 1 (a prefetch) fails after a while.
+        if start == BS and not failed:
+            failed.append(start)
+            await trio.sleep(1)
+            raise ConnectionError("replica went away")
+        return await good(start, end)
+
+    cache = make_cache()
+    async with trio.open_nursery() as nursery:
+        reader = FileReader(cache, ident, flaky, nursery, trio.CapacityLimiter(4))
+        assert await reader.read(0, 10) == data[:10]  # prefetches block 1
+        await trio.sleep(0.5)
+        # This read waits on the failing prefetch of block 1, then fetches it itself.
+        assert await reader.read(BS, BS) == data[BS : 2 * BS]
+    assert failed == [BS] and reader.prefetch_failures == 1
+    assert cache.is_cached(ident, 1)
+
+
+async def test_close_cancels_prefetches(
+    make_cache: MakeCache, autojump_clock: trio.abc.Clock
+) -> None:
+    data = make_source(8 * BS)
+    ident = ident_for(data)
+    fetch = FakeFetcher(data, delay=100.0)
+    cache = make_cache()
+    async with trio.open_nursery() as nursery:
+        reader = FileReader(cache, ident, fetch, nursery, trio.CapacityLimiter(4))
+        with trio.move_on_after(1):
+            await reader.read(0, 10)
+        await trio.testing.wait_all_tasks_blocked()
+        assert reader._inflight == 1
+        reader.close()
+    assert reader._inflight == 0 and not cache._flights
+    assert trio.current_time() < 10
+
+
+@pytest.mark.parametrize("max_bytes", [BS, 3 * BS])
+def test_window_never_exceeds_max(max_bytes: int) -> None:
+    policy = ReadaheadPolicy(1000 * BS, BS, initial_blocks=4, max_bytes=max_bytes)
+    issued = sequential(policy, 1000 * BS, BS // 3)
+    assert policy.initial_blocks <= policy.max_blocks == max_bytes // BS
+    assert max(len(r) for r in issued) <= policy.max_blocks
