@@ -19,6 +19,7 @@ which runs it in its own process::
                                       # status(status=), delete(path=), resize(path=, size=),
                                       # validity(seconds=); path= restricts most to one file
         fed.wait_health(0, online=False, timeout=5)
+        fed.check_health()            # run a checker round now; [True, False, True]
         fed.clear_faults()            # or clear_faults(0)
         fed.bytes_sent(0)             # body bytes served by endpoint 0 so far
         fed.state(), fed.online()     # health and faults as the federation sees them

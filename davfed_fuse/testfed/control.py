@@ -9,6 +9,7 @@ call returns only once the fault is in effect.
 ``POST /faults`` ``{"endpoint", "kind", …}``  inject a fault (400 with ``error`` if bad)
 ``DELETE /faults[?endpoint=I]``             clear faults (all endpoints, or one)
 ``GET  /health/wait?endpoint=&online=&timeout=``  200 once flipped, 408 on timeout
+``POST /health/check``                      run one checker round now; the online flags
 ``GET  /replica-url?endpoint=&path=``       a URL a client could GET directly (signed)
 ``GET  /bytes-sent?endpoint=``              body bytes served by the endpoint so far
 ==========================================  ==========================================
@@ -29,6 +30,7 @@ class Controlled(Protocol):
     async def add_fault(self, index: int, kind: str, params: dict[str, object]) -> None: ...
     async def clear_faults(self, index: int | None) -> None: ...
     async def wait_health(self, index: int, online: bool, timeout: float) -> bool: ...
+    async def check_health(self) -> list[bool]: ...
     def replica_url(self, index: int, relpath: str) -> str: ...
     def bytes_sent(self, index: int) -> int: ...
     def endpoint_count(self) -> int: ...
@@ -97,6 +99,10 @@ def control_app(target: Controlled) -> web.Application:
             return _bad(str(exc))
         ok = await target.wait_health(index, online, timeout)
         return web.json_response({"ok": ok}, status=200 if ok else 408)
+
+    @routes.post("/health/check")
+    async def check_health(request: web.Request) -> web.Response:
+        return web.json_response({"online": await target.check_health()})
 
     @routes.get("/replica-url")
     async def replica_url(request: web.Request) -> web.Response:

@@ -28,6 +28,8 @@ import httpx
 class TestFedError(RuntimeError):
     """The federation would not start, or a control call failed."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
 
 @dataclass(frozen=True, slots=True)
 class EndpointHandle:
@@ -270,6 +272,10 @@ class TestFederation:
                 f"endpoint {endpoint_index} not {'online' if online else 'offline'} "
                 f"after {timeout} s"
             )
+
+    def check_health(self) -> list[bool]:
+        """Run one health-checker round now (besides the periodic ones); the online flags."""
+        return [bool(x) for x in self._call("POST", "/health/check").json()["online"]]
 
     def state(self) -> dict[str, Any]:
         """Health and faults of every endpoint."""

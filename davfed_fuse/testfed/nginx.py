@@ -58,7 +58,12 @@ class NginxError(RuntimeError):
 
 
 def find_nginx() -> str:
-    """The nginx binary; raises :class:`NginxError` if there is none."""
+    """The nginx binary (``$DAVFED_NGINX`` if set); raises :class:`NginxError` if there is none."""
+    override = os.environ.get("DAVFED_NGINX")
+    if override:
+        if os.access(override, os.X_OK) and Path(override).is_file():
+            return override
+        raise NginxError(f"nginx not found at {override} (DAVFED_NGINX)")
     for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate

@@ -147,6 +147,10 @@ class Federation:
     async def wait_health(self, index: int, online: bool, timeout: float) -> bool:
         return await self.health.wait_for(index, online, timeout)
 
+    async def check_health(self) -> list[bool]:
+        await self.health.check_once()
+        return list(self.health.online)
+
     def replica_url(self, index: int, relpath: str) -> str:
         return self._sign(index, relpath, time.time())
 
