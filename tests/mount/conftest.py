@@ -9,7 +9,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -109,7 +108,7 @@ def run_helper(
     url: str, mountpoint: Path, *args: str, timeout: float = 90
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(HELPER), url, str(mountpoint), *args],
+        [str(HELPER), url, str(mountpoint), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
