@@ -502,3 +502,33 @@ async def test_kill_9_at_any_point_leaves_a_consistent_cache(
     assert survived > 0
     if when == "mid-write":
         assert torn > 0
+
+
+async def test_reader_waiting_on_a_failed_prefetch_fetches_itself(
+    make_cache: MakeCache, autojump_clock: trio.abc.Clock
+) -> None:
+    data = make_source(3 * BS)
+    ident = ident_for(data)
+    good = FakeFetcher(data)
+    calls: list[tuple[int, int]] = []
+
+    async def first_fails(start: int, end: int) -> bytes:
+        calls.append((start, end))
+        await trio.sleep(1.0)
+        if len(calls) == 1:
+            raise ConnectionError("prefetch only")
+        return await good(start, end)
+
+    cache = make_cache()
+    got: list[bytes] = []
+
+    async def reader() -> None:
+        await trio.sleep(0.5)  # the prefetch is in flight by now: wait for it
+        got.append(await cache.read(ident, BS, 10, first_fails))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        with pytest.raises(ConnectionError):
+            await cache.prefetch(ident, 1, 1, first_fails)
+    assert got == [data[BS : BS + 10]]
+    assert calls == [(BS, 2 * BS)] * 2

@@ -108,31 +108,40 @@ async def test_file_reader_prefetches_sequential_reads(
     assert fetch.max_running <= 16 + 1
 
 
-async def test_failed_prefetch_does_not_fail_the_read(
-    make_cache: MakeCache, autojump_clock: trio.abc.Clock
-) -> None:
+async def test_failed_prefetch_does_not_fail_the_read(make_cache: MakeCache) -> None:
     data = make_source(8 * BS)
     ident = ident_for(data)
     good = FakeFetcher(data)
+    release = trio.Event()
     failed: list[int] = []
 
     async def flaky(start: int, end: int) -> bytes:
-        # Every first attempt at block 1 (a prefetch) fails after a while.
+        # The first attempt at block 1 (a prefetch) fails once the test says so.
         if start == BS and not failed:
             failed.append(start)
-            await trio.sleep(1)
+            await release.wait()
             raise ConnectionError("replica went away")
         return await good(start, end)
 
     cache = make_cache()
+    got: list[bytes] = []
     async with trio.open_nursery() as nursery:
         reader = FileReader(cache, ident, flaky, nursery, trio.CapacityLimiter(4))
-        assert await reader.read(0, 10) == data[:10]  # prefetches block 1
-        await trio.sleep(0.5)
-        # This read waits on the failing prefetch of block 1, then fetches it itself.
-        assert await reader.read(BS, BS) == data[BS : 2 * BS]
-    assert failed == [BS] and reader.prefetch_failures == 1
-    assert cache.is_cached(ident, 1)
+        assert await reader.read(0, 10) == data[:10]  # starts the prefetch of block 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert failed == [BS]
+
+        async def read_block_1() -> None:
+            got.append(await reader.read(BS, BS))
+
+        nursery.start_soon(read_block_1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []  # waiting for the prefetch in flight
+        release.set()
+    # The read fetched block 1 itself after the prefetch failed.
+    assert got == [data[BS : 2 * BS]]
+    assert reader.prefetch_failures == 1 and cache.is_cached(ident, 1)
+    assert good.calls.count((BS, 2 * BS)) == 1
 
 
 async def test_close_cancels_prefetches(
