@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 MiB = 1 << 20
 
 #: Maps ``(start, end_exclusive)`` of the remote file to exactly those bytes; raises on error.
-Fetcher = Callable[[int, int], Awaitable[bytes]]
+#: A ``bytearray`` result is accepted (and copied once into ``bytes``).
+Fetcher = Callable[[int, int], Awaitable[bytes | bytearray]]
 #: Writes ``data`` to a new file at ``path`` and fsyncs it; runs in a worker thread.
 Writer = Callable[[str, bytes], None]
 
@@ -539,8 +540,10 @@ class BlockCache:
             if len(data) != end - start:
                 raise BadFetch(f"{ident.url}: asked for bytes {start}-{end - 1}, got {len(data)}")
             self._counters["bytes_fetched"] += len(data)
+            if not isinstance(data, bytes):
+                data = bytes(data)  # blocks are shared with waiters: make them immutable
             if first == last:
-                blocks = [bytes(data)]
+                blocks = [data]
             else:
                 bs = self.block_size
                 blocks = [data[i * bs : (i + 1) * bs] for i in range(last - first + 1)]

@@ -532,3 +532,17 @@ async def test_reader_waiting_on_a_failed_prefetch_fetches_itself(
             await cache.prefetch(ident, 1, 1, first_fails)
     assert got == [data[BS : BS + 10]]
     assert calls == [(BS, 2 * BS)] * 2
+
+
+async def test_bytearray_fetcher_results_become_bytes(make_cache: MakeCache) -> None:
+    data = make_source(3 * BS)
+    ident = ident_for(data)
+    fetch = FakeFetcher(data)
+
+    async def into_buffer(start: int, end: int) -> bytearray:
+        return bytearray(await fetch(start, end))
+
+    cache = make_cache()
+    for offset, length in [(0, 10), (BS, 2 * BS), (0, 3 * BS)]:
+        got = await cache.read(ident, offset, length, into_buffer)
+        assert type(got) is bytes and got == data[offset : offset + length]
