@@ -37,10 +37,12 @@ log = logging.getLogger(__name__)
 MiB = 1 << 20
 
 #: Maps ``(start, end_exclusive)`` of the remote file to exactly those bytes; raises on error.
-#: A ``bytearray`` result is accepted (and copied once into ``bytes``).
+#: A ``bytearray`` result is accepted and used in place (never copied).
 Fetcher = Callable[[int, int], Awaitable[bytes | bytearray]]
+#: What reads return and writers take: any contiguous buffer (pyfuse3 accepts them all).
+Buffer = bytes | bytearray | memoryview
 #: Writes ``data`` to a new file at ``path`` and fsyncs it; runs in a worker thread.
-Writer = Callable[[str, bytes], None]
+Writer = Callable[[str, Buffer], None]
 
 FORMAT = "v1"
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -122,11 +124,11 @@ class _Flight:
 
     def __init__(self) -> None:
         self.event = trio.Event()
-        self.data: bytes | None = None
+        self.data: memoryview | None = None
         self.error: Exception | None = None
 
 
-def write_block_file(path: str, data: bytes) -> None:
+def write_block_file(path: str, data: Buffer) -> None:
     """Default :data:`Writer`: create ``path`` exclusively, write all of ``data``, fsync."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
@@ -221,7 +223,7 @@ class BlockCache:
 
     # ------------------------------------------------------------------ public API
 
-    async def read(self, ident: FileIdentity, offset: int, length: int, fetch: Fetcher) -> bytes:
+    async def read(self, ident: FileIdentity, offset: int, length: int, fetch: Fetcher) -> Buffer:
         """Return ``length`` bytes at ``offset`` of the file (fewer only at EOF).
 
         Cached blocks are read from disk; missing ones are fetched (adjacent missing
@@ -237,8 +239,8 @@ class BlockCache:
         sp = blockmath.span(offset, length, ident.size, self.block_size)
         if sp is None:
             return b""
-        fetched: dict[int, bytes] = {}
-        parts: list[bytes] = []
+        fetched: dict[int, memoryview] = {}
+        parts: list[Buffer] = []
         for k in range(sp.first, sp.last + 1):
             h = self._bind(ident)  # again after every await: the URL may have been rebound
             lo, hi = sp.slice_in(k, self.block_size)
@@ -248,7 +250,7 @@ class BlockCache:
                 parts.append(got[lo:hi])
                 continue
             blk = self._lru.get((h, k))
-            data = None
+            data: Buffer | None = None
             if blk is not None and (h, k) in self._verified:
                 data = self._pread_nowait((h, k), lo, hi)
                 if data is not None:
@@ -397,8 +399,8 @@ class BlockCache:
         hi: int,
         last: int,
         fetch: Fetcher,
-        fetched: dict[int, bytes],
-    ) -> bytes:
+        fetched: dict[int, memoryview],
+    ) -> Buffer:
         """Serve block ``k``'s ``[lo, hi)`` when the fast path could not: verify, read in a
         thread, wait for a flight, or fetch (extending the fetch over following missing
         blocks up to ``last``, whose data is left in ``fetched``)."""
@@ -437,7 +439,7 @@ class BlockCache:
             self._counters["misses"] += 1
             return blocks[0][lo:hi]
 
-    def _pread_nowait(self, key: BlockKey, lo: int, hi: int) -> bytes | None:
+    def _pread_nowait(self, key: BlockKey, lo: int, hi: int) -> bytes | bytearray | None:
         """Read ``[lo, hi)`` of a verified block if it is in the page cache; else None.
 
         Synchronous: no await, so the block cannot be evicted meanwhile.
@@ -468,7 +470,7 @@ class BlockCache:
                 raise
             self._nowait = False
             return self._pread_nowait(key, lo, hi)
-        return bytes(buf) if got == n else None
+        return buf if got == n else None
 
     async def _pread_thread(self, key: BlockKey, blk: _Block, lo: int, hi: int) -> bytes | None:
         """Read ``[lo, hi)`` of a block in a worker thread (a disk read); None if the block
@@ -523,7 +525,7 @@ class BlockCache:
         fetch: Fetcher,
         *,
         prefetch: bool = False,
-    ) -> list[bytes]:
+    ) -> list[memoryview]:
         """Fetch blocks ``first..last`` in one call, wake their waiters, store them.
 
         The caller has checked (without an await since) that none is cached or in flight.
@@ -540,13 +542,10 @@ class BlockCache:
             if len(data) != end - start:
                 raise BadFetch(f"{ident.url}: asked for bytes {start}-{end - 1}, got {len(data)}")
             self._counters["bytes_fetched"] += len(data)
-            if not isinstance(data, bytes):
-                data = bytes(data)  # blocks are shared with waiters: make them immutable
-            if first == last:
-                blocks = [data]
-            else:
-                bs = self.block_size
-                blocks = [data[i * bs : (i + 1) * bs] for i in range(last - first + 1)]
+            # Blocks are shared with waiters: read-only views of the fetched buffer, no copies.
+            view = memoryview(data).toreadonly()
+            bs = self.block_size
+            blocks = [view[i * bs : (i + 1) * bs] for i in range(last - first + 1)]
             for flight, block in zip(flights, blocks, strict=True):
                 flight.data = block
                 flight.event.set()  # waiters are served from memory while we store
@@ -565,7 +564,7 @@ class BlockCache:
                 if self._flights.get(key) is flight:
                     del self._flights[key]
 
-    async def _store(self, ident: FileIdentity, h: str, k: int, data: bytes) -> None:
+    async def _store(self, ident: FileIdentity, h: str, k: int, data: memoryview) -> None:
         """Store a fetched block crash-safely, or count it as pass-through.
 
         Never raises for local storage problems (they are logged); only cancellation.
@@ -586,12 +585,11 @@ class BlockCache:
         tmp = f"{final}.{os.getpid()}-{self._tmp_seq}.tmp"
         stored = False
         try:
-            await trio.to_thread.run_sync(self._write_tmp, tmp, data)
+            crc = await trio.to_thread.run_sync(self._write_tmp, tmp, data)
             # The await above split the critical section: re-check everything.
             if self._closed or self._idents.get(h) != ident or key in self._lru:
                 return
             os.replace(tmp, final)
-            crc = zlib.crc32(data)
             try:
                 self._insert_block(ident, h, k, n, crc)
             except BaseException:
@@ -636,10 +634,12 @@ class BlockCache:
             db.execute("ROLLBACK")
             raise
 
-    def _write_tmp(self, tmp: str, data: bytes) -> None:
-        """Runs in a worker thread: make the block's directory and write+fsync ``tmp``."""
+    def _write_tmp(self, tmp: str, data: memoryview) -> int:
+        """Runs in a worker thread: make the block's directory, write+fsync ``tmp``,
+        and return the block's checksum (computed here, off the event loop)."""
         os.makedirs(os.path.dirname(tmp), exist_ok=True)
         self._writer(tmp, data)
+        return zlib.crc32(data)
 
     def _storage_failed(self, exc: OSError | sqlite3.Error) -> None:
         disk_full = (isinstance(exc, OSError) and exc.errno in _DISK_FULL) or (

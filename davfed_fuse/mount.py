@@ -8,24 +8,28 @@ report, the signal watcher, and the unmount, which always runs last.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
+import httpcore
 import httpx
 import pyfuse3
 import trio
 
 from davfed_fuse import __version__
+from davfed_fuse.block_cache import BlockCache, CacheLocked
 from davfed_fuse.config import Config
 from davfed_fuse.errors import DavfedError, MountError, NotFound
-from davfed_fuse.fuse_ops import Attributes, DavfedOperations
+from davfed_fuse.fuse_ops import Attributes, DavfedOperations, Reader
 from davfed_fuse.mounts import read_mountinfo
 from davfed_fuse.namespace import Namespace
-from davfed_fuse.reader import DirectReader
+from davfed_fuse.reader import CachedReader, DirectReader, cache_root
 from davfed_fuse.remote import Federation
 from davfed_fuse.webdav import RemoteEntry
 
@@ -160,7 +164,22 @@ async def _announce(config: Config, mountpoint: Path, readiness: Readiness) -> N
     readiness.ready()
 
 
+#: Bytes httpcore asks the socket for per read (its default is 64 KiB). Each
+#: read is a trip through the event loop; 1 MiB reads double the throughput of
+#: one connection (performance-notes.md, "HTTP client").
+SOCKET_READ_BYTES = 1 << 20
+
+
+def _raise_socket_read_size() -> None:
+    connection = getattr(httpcore, "AsyncHTTP11Connection", None)
+    if connection is not None and hasattr(connection, "READ_NUM_BYTES"):
+        connection.READ_NUM_BYTES = max(connection.READ_NUM_BYTES, SOCKET_READ_BYTES)
+    else:  # pragma: no cover - a future httpcore without the knob
+        log.info("httpcore has no READ_NUM_BYTES; keeping its socket read size")
+
+
 def http_client(config: Config) -> httpx.AsyncClient:
+    _raise_socket_read_size()
     timeout = httpx.Timeout(config.timeout, connect=config.connect_timeout)
     limits = httpx.Limits(
         max_connections=max(16, 2 * config.max_connections),
@@ -174,53 +193,96 @@ def http_client(config: Config) -> httpx.AsyncClient:
     )
 
 
+def open_cache(config: Config, root: Path) -> BlockCache | None:
+    """The mount's block cache, or None with ``cache_size=0`` (reads go straight through)."""
+    if config.cache_size == 0:
+        return None
+    try:
+        return BlockCache(
+            root,
+            max_bytes=config.cache_size,
+            block_size=config.block_size,
+            max_fetches=config.max_connections,
+        )
+    except CacheLocked:
+        raise MountError(f"cache directory {root} is in use by another davfed mount") from None
+    except (OSError, sqlite3.Error) as exc:
+        raise MountError(f"cannot open the cache in {root}: {exc}") from exc
+
+
 async def serve(config: Config, readiness: Readiness) -> None:
-    """Mount, serve until unmounted or signalled, unmount."""
-    async with http_client(config) as client:
-        # A FUSE request may try two replicas, each within the per-operation deadlines.
-        budget = 2 * (config.timeout + config.connect_timeout)
-        federation = Federation(config.url, client, budget=budget)
-        try:
-            with trio.fail_after(config.mount_timeout):
-                root = await _stat_root(federation, config)
-        except trio.TooSlowError:
-            raise MountError(f"{config.url}: no answer within {config.mount_timeout:g} s") from None
-        except DavfedError as exc:
-            raise MountError(f"{config.url}: {exc}") from exc
-        if not root.is_dir:
-            raise MountError(f"{config.url} is a file, not a directory")
-        namespace = Namespace(
-            federation,
-            attr_timeout=config.attr_timeout,
-            dir_timeout=config.dir_timeout,
-            negative_timeout=config.negative_timeout,
-            clock=time.monotonic,
-        )
-        attributes = Attributes(
-            uid=config.uid,
-            gid=config.gid,
-            file_mode=config.file_mode,
-            dir_mode=config.dir_mode,
-            attr_timeout=config.attr_timeout,
-            entry_timeout=config.entry_timeout,
-        )
-        operations = DavfedOperations(
-            namespace, attributes, lambda entry: DirectReader(federation, entry)
-        )
-        mountpoint = Path(config.mountpoint).resolve()
-        try:
-            pyfuse3.init(operations, str(mountpoint), fuse_options(config))
-        except RuntimeError as exc:
-            raise MountError(f"cannot mount on {mountpoint}: {exc}") from exc
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_signals)
-                nursery.start_soon(_announce, config, mountpoint, readiness)
-                await pyfuse3.main()
-                nursery.cancel_scope.cancel()
-        finally:
-            pyfuse3.close(unmount=True)
-            log.info("unmounted %s", mountpoint)
+    """Mount, serve until unmounted or signalled, unmount.
+
+    Teardown runs in reverse: the kernel mount goes first, then the read-ahead
+    tasks, the HTTP connections and the cache index.
+    """
+    mountpoint = Path(config.mountpoint).resolve()
+    with contextlib.ExitStack() as stack:
+        cache = open_cache(config, cache_root(config.cache_dir, config.url))
+        if cache is not None:
+            stack.callback(cache.close)
+        async with http_client(config) as client:
+            # A FUSE request may try two replicas, each within the per-operation deadlines.
+            budget = 2 * (config.timeout + config.connect_timeout)
+            federation = Federation(config.url, client, budget=budget)
+            await _check_root(federation, config)
+            namespace = Namespace(
+                federation,
+                attr_timeout=config.attr_timeout,
+                dir_timeout=config.dir_timeout,
+                negative_timeout=config.negative_timeout,
+                clock=time.monotonic,
+            )
+            attributes = Attributes(
+                uid=config.uid,
+                gid=config.gid,
+                file_mode=config.file_mode,
+                dir_mode=config.dir_mode,
+                attr_timeout=config.attr_timeout,
+                entry_timeout=config.entry_timeout,
+            )
+            limiter = trio.CapacityLimiter(config.max_connections)
+            async with trio.open_nursery() as nursery:  # owns the read-ahead tasks
+
+                def open_reader(entry: RemoteEntry) -> Reader:
+                    if cache is None:
+                        return DirectReader(federation, entry)
+                    return CachedReader(
+                        federation, entry, cache, nursery, limiter, config.readahead
+                    )
+
+                operations = DavfedOperations(namespace, attributes, open_reader)
+                try:
+                    pyfuse3.init(operations, str(mountpoint), fuse_options(config))
+                except RuntimeError as exc:
+                    raise MountError(f"cannot mount on {mountpoint}: {exc}") from exc
+                try:
+                    nursery.start_soon(_watch_signals)
+                    nursery.start_soon(_announce, config, mountpoint, readiness)
+                    await pyfuse3.main()
+                finally:
+                    nursery.cancel_scope.cancel()
+                    pyfuse3.close(unmount=True)
+                    log.info("unmounted %s", mountpoint)
+
+
+async def _check_root(federation: Federation, config: Config) -> None:
+    try:
+        with trio.fail_after(config.mount_timeout):
+            root = await _stat_root(federation, config)
+    except trio.TooSlowError:
+        raise MountError(f"{config.url}: no answer within {config.mount_timeout:g} s") from None
+    except DavfedError as exc:
+        raise MountError(f"{config.url}: {exc}") from exc
+    if not root.is_dir:
+        raise MountError(f"{config.url} is a file, not a directory")
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first non-group exception inside ``exc`` (nurseries wrap errors in groups)."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def run(config: Config, ready_fd: int | None = None) -> int:
@@ -234,12 +296,13 @@ def run(config: Config, ready_fd: int | None = None) -> int:
     readiness = Readiness(ready_fd)
     try:
         trio.run(serve, config, readiness)
-    except MountError as exc:
-        log.error("%s", exc)
-        readiness.failed(str(exc))
-        return 32
-    except Exception as exc:
-        log.exception("mount failed")
-        readiness.failed(f"internal error: {exc!r}")
+    except Exception as caught:
+        exc = _leaf(caught)
+        if isinstance(exc, MountError):
+            log.error("%s", exc)
+            readiness.failed(str(exc))
+        else:
+            log.error("mount failed", exc_info=caught)
+            readiness.failed(f"internal error: {exc!r}")
         return 32
     return 0

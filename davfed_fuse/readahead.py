@@ -15,7 +15,7 @@ import logging
 import trio
 
 from davfed_fuse import blockmath
-from davfed_fuse.block_cache import BlockCache, Fetcher, FileIdentity
+from davfed_fuse.block_cache import BlockCache, Buffer, Fetcher, FileIdentity
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class FileReader:
         self.prefetch_failures = 0
         self.prefetched_blocks = 0
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> Buffer:
         """Return up to ``size`` bytes at ``offset`` (fewer only at EOF).
 
         Raises and cancellation: as :meth:`BlockCache.read`.

@@ -78,7 +78,7 @@ async def test_single_flight(make_cache: MakeCache, autojump_clock: trio.abc.Clo
     results: list[bytes] = []
 
     async def reader(offset: int) -> None:
-        results.append(await cache.read(ident, offset, 100, fetch))
+        results.append(bytes(await cache.read(ident, offset, 100, fetch)))
 
     async with trio.open_nursery() as nursery:
         for i in range(20):
@@ -534,7 +534,7 @@ async def test_reader_waiting_on_a_failed_prefetch_fetches_itself(
     assert calls == [(BS, 2 * BS)] * 2
 
 
-async def test_bytearray_fetcher_results_become_bytes(make_cache: MakeCache) -> None:
+async def test_bytearray_fetcher_results_are_served_and_stored(make_cache: MakeCache) -> None:
     data = make_source(3 * BS)
     ident = ident_for(data)
     fetch = FakeFetcher(data)
@@ -545,4 +545,4 @@ async def test_bytearray_fetcher_results_become_bytes(make_cache: MakeCache) -> 
     cache = make_cache()
     for offset, length in [(0, 10), (BS, 2 * BS), (0, 3 * BS)]:
         got = await cache.read(ident, offset, length, into_buffer)
-        assert type(got) is bytes and got == data[offset : offset + length]
+        assert bytes(got) == data[offset : offset + length]
