@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,12 +125,7 @@ def test_a_dead_daemon_is_detached_before_remounting(
     federation: TestFederation, mounter: Mounter
 ) -> None:
     mnt = mounter(federation.url)
-    (daemon,) = [
-        p
-        for p in Path("/proc").glob("[0-9]*")
-        if _cmdline(p).count(str(mnt)) and "--ready-fd" in _cmdline(p)
-    ]
-    os.kill(int(daemon.name), 9)
+    os.kill(_daemon_of(mnt), signal.SIGKILL)
     with pytest.raises(OSError) as dead:
         os.listdir(mnt)
     # The first request after the death is ECONNABORTED, later ones ENOTCONN.
@@ -136,6 +133,29 @@ def test_a_dead_daemon_is_detached_before_remounting(
     mounter(federation.url, mountpoint=mnt)
     assert mounts_on(mnt) == 1
     assert (mnt / "file-1.bin").read_bytes() == (federation.data_dir / "file-1.bin").read_bytes()
+
+
+def _daemon_of(mnt: Path) -> int:
+    (daemon,) = [
+        p
+        for p in Path("/proc").glob("[0-9]*")
+        if str(mnt) in _cmdline(p) and "--ready-fd" in _cmdline(p)
+    ]
+    return int(daemon.name)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_unmounts_cleanly(
+    federation: TestFederation, mounter: Mounter, signum: int
+) -> None:
+    mnt = mounter(federation.url)
+    pid = _daemon_of(mnt)
+    os.kill(pid, signum)
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists(), "the daemon did not exit"
+    assert mounts_on(mnt) == 0, "the daemon left its mount behind"
 
 
 def _cmdline(proc: Path) -> str:
