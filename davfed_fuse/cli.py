@@ -44,6 +44,10 @@ commands:
                                  mount a federation read-only (returns once live;
                                  -f serves it in the foreground)
   umount [-l] MOUNTPOINT         unmount it
+  prefetch PATH... [-r DIR]... [--jobs N] [--quiet] [--json]
+                                 warm the cache: read files through a davfed mount
+  cache stats|clean [--cache-dir DIR] [--json]
+                                 the block cache's size and hit rate; empty it
   testfed DATA_DIR --port PORT [...]
                                  serve DATA_DIR as a test federation
   install-helper [--prefix /sbin] [--uninstall]
@@ -353,6 +357,85 @@ def _uninstall(prefix: Path, script: Path) -> int:
     return EXIT_OK
 
 
+# --- davfed prefetch, davfed cache ---------------------------------------------------
+
+
+def _prefetch(argv: Sequence[str]) -> int:
+    from davfed_fuse import prefetch
+
+    parser = _Parser(
+        prog="davfed prefetch",
+        description="Warm davfed's block cache for a job's inputs: read the files through "
+        "the davfed mount they are on (several at once), so the job finds them on local "
+        "disk. A progress bar on a terminal, a line every few seconds otherwise.",
+        epilog="Exit status: 0 all files read, 1 usage error or a path outside a davfed "
+        "mount, 2 some file could not be read. docs/prefetch.md",
+    )
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="files in a davfed mount")
+    parser.add_argument(
+        "-r",
+        "--recursive",
+        dest="directories",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="every file under DIR (repeatable)",
+    )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=prefetch.DEFAULT_JOBS,
+        metavar="N",
+        help="files read in parallel (default: %(default)s)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="report failures only")
+    parser.add_argument("--json", action="store_true", help="JSON records on stdout")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=prefetch.DEFAULT_INTERVAL,
+        metavar="SECONDS",
+        help="seconds between progress lines without a terminal (default: %(default)s)",
+    )
+    args = parser.parse_intermixed_args(list(argv))
+    return prefetch.run(
+        args.paths,
+        args.directories,
+        jobs=args.jobs,
+        quiet=args.quiet,
+        as_json=args.json,
+        interval=args.interval,
+    )
+
+
+def _cache(argv: Sequence[str]) -> int:
+    from davfed_fuse import cachestats
+    from davfed_fuse.config import default_cache_dir
+
+    parser = _Parser(
+        prog="davfed cache",
+        description="stats: size, blocks, files, hits, misses, hit rate and bytes fetched of "
+        "each federation's cache (works while mounted). clean: drop every cached block "
+        "(refused while a daemon uses the cache).",
+        epilog="Exit status: 0 done, 1 usage error or unreadable cache, "
+        "32 clean refused (cache in use by a mount). docs/prefetch.md",
+    )
+    parser.add_argument("action", choices=["stats", "clean"])
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=default_cache_dir(),
+        metavar="DIR",
+        help="the mounts' cache_dir (default: %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="stats as one JSON object")
+    args = parser.parse_args(list(argv))
+    if args.action == "stats":
+        return cachestats.stats_command(args.cache_dir, as_json=args.json)
+    return cachestats.clean_command(args.cache_dir, as_json=args.json)
+
+
 # --- dispatch ----------------------------------------------------------------------
 
 
@@ -367,6 +450,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "mount": _mount,
     "umount": _umount,
     "install-helper": _install_helper,
+    "prefetch": _prefetch,
+    "cache": _cache,
     "testfed": _testfed,
 }
 
