@@ -224,7 +224,7 @@ async def serve(config: Config, readiness: Readiness) -> None:
         async with http_client(config) as client:
             # A FUSE request may try two replicas, each within the per-operation deadlines.
             budget = 2 * (config.timeout + config.connect_timeout)
-            federation = Federation(config.url, client, budget=budget)
+            federation = Federation(config.url, client, budget=budget, retries=config.retries)
             await _check_root(federation, config)
             namespace = Namespace(
                 federation,

@@ -21,6 +21,7 @@ Redirect policy (dynafed-protocol.md §3, §4):
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
@@ -42,8 +43,10 @@ from davfed_fuse.errors import (
 )
 from davfed_fuse.signedurl import redact_url, renew_at
 from davfed_fuse.webdav import (
+    METALINK_ACCEPT,
     PROPFIND_BODY,
     RemoteEntry,
+    parse_metalink,
     parse_multistatus,
     split_listing,
     url_for,
@@ -56,11 +59,16 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
 class _TargetFailed(Exception):
-    """A redirect target failed in a way that asking the federation again may fix."""
+    """A replica failed in a way another replica may not: try the next one.
 
-    def __init__(self, error: Exception) -> None:
+    ``got`` bytes of the asked range had arrived intact before the failure.
+    """
+
+    def __init__(self, error: Exception, url: str, got: int = 0) -> None:
         super().__init__(str(error))
         self.error = error
+        self.url = url
+        self.got = got
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +108,8 @@ class Federation:
         federation_headers: Callable[[], dict[str, str]] | None = None,
         wall_clock: Callable[[], float] = time.time,
         budget: float = 120.0,
+        retries: int = 3,
+        penalty: float = 30.0,
     ) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.root_path = urlsplit(self.base_url).path
@@ -110,6 +120,11 @@ class Federation:
         #: Seconds one call of :meth:`stat`, :meth:`listdir` or :meth:`read` may take
         #: in all, redirects and the second try included (then UpstreamTimeout).
         self.budget = budget
+        #: Rounds over all replicas after the first, each after a backoff.
+        self.retries = retries
+        #: Seconds a failed endpoint is passed over while others are left.
+        self.penalty = penalty
+        self._penalties: dict[tuple[str, str, int | None], float] = {}
         self._targets: dict[str, Target] = {}
 
     # -- metadata ---------------------------------------------------------
@@ -161,9 +176,9 @@ class Federation:
     async def read(self, path: str, start: int, end: int, size: int) -> bytes | bytearray:
         """Bytes ``[start, end)`` of the file ``path`` whose size is ``size``.
 
-        Returns exactly ``min(end, size) - start`` bytes (empty at or past EOF).
-        Uses the file's remembered target; on a failure of the target, asks the
-        federation again once.
+        Returns exactly ``min(end, size) - start`` bytes (empty at or past EOF),
+        or raises; never returns bytes that disagree with the federation's size.
+        See :meth:`_read` for how replicas are chosen and failures survived.
         """
         end = min(end, size)
         if start >= end:
@@ -171,21 +186,143 @@ class Federation:
         with self._deadline(f"read {path} [{start}, {end})"):
             return await self._read(path, start, end, size)
 
-    async def _read(self, path: str, start: int, end: int, size: int) -> bytes | bytearray:
-        for attempt in range(2):
-            target = self._fresh_target(path)
-            try:
-                if target is None:
-                    data, url = await self._read_following(path, start, end, size)
-                    self._targets[path] = Target(url, renew_at(url, now=self._wall_clock()))
-                    return data
-                return await self._read_target(target.url, start, end, size)
-            except _TargetFailed as failed:
-                self._targets.pop(path, None)
-                if attempt:
-                    raise failed.error from None
-                log.info("re-resolving %s after: %s", path, failed.error)
-        raise AssertionError("unreachable")
+    async def _read(self, path: str, start: int, end: int, size: int) -> bytearray:
+        """Fill ``[start, end)`` from whichever replica can serve it.
+
+        1. The file's remembered target, if fresh and its endpoint is not penalised.
+        2. Otherwise the federation's redirect (one round trip, then the data).
+        3. After a replica failed: the federation's metalink, in its order,
+           skipping replicas that failed recently.
+
+        A replica that fails mid-body keeps the bytes it sent: the read goes on
+        from there on the next replica. When every replica has failed once, the
+        next round starts after a backoff with jitter; after ``retries`` rounds
+        the last error is raised. The caller's deadline bounds all of it.
+        """
+        buffer = bytearray(end - start)
+        view = memoryview(buffer)
+        pos = start
+        replicas: list[str] | None = None  # from the metalink, once a replica failed
+        tried: set[tuple[str, str, int | None]] = set()
+        rounds = 0
+        last_error: Exception | None = None
+        try:
+            while pos < end:
+                into = view[pos - start :]
+                try:
+                    url = self._usable_target(path)
+                    if url is not None:
+                        pos += await self._get_range(url, pos, end, size, into)
+                        continue
+                    if replicas is None:
+                        got, url = await self._read_following(path, pos, end, size, into)
+                        if got is not None:
+                            pos += got
+                            self._remember(path, url)
+                            continue
+                        replicas = await self._replicas(path, fallback=url)
+                    url = self._next_replica(replicas, tried)
+                    if url is None:
+                        rounds += 1
+                        if rounds > self.retries:
+                            raise last_error or UpstreamError(f"{path}: no replica left")
+                        await trio.sleep(backoff(rounds))
+                        tried.clear()
+                        replicas = await self._replicas(path, fallback=None)
+                        continue
+                    tried.add(origin(url))
+                    pos += await self._get_range(url, pos, end, size, into)
+                    self._remember(path, url)
+                except _TargetFailed as failed:
+                    pos += failed.got
+                    self._targets.pop(path, None)
+                    self._penalise(failed.url)
+                    last_error = failed.error
+                    tried.add(origin(failed.url))
+                    log.warning(
+                        "replica failed, trying another: %s",
+                        failed.error,
+                        extra={"event.action": "failover", "url.path": path},
+                    )
+                    if replicas is None:
+                        replicas = await self._replicas(path, fallback=None)
+        finally:
+            view.release()
+        return buffer
+
+    def _usable_target(self, path: str) -> str | None:
+        target = self._targets.get(path)
+        if target is None:
+            return None
+        if target.renew_at is not None and self._wall_clock() >= target.renew_at:
+            del self._targets[path]
+            return None
+        if self._penalised(target.url):
+            del self._targets[path]
+            return None
+        return target.url
+
+    def _remember(self, path: str, url: str) -> None:
+        self._targets[path] = Target(url, renew_at(url, now=self._wall_clock()))
+
+    def forget_target(self, path: str) -> None:
+        self._targets.pop(path, None)
+
+    def _penalise(self, url: str) -> None:
+        self._penalties[origin(url)] = self._wall_clock() + self.penalty
+
+    def _penalised(self, url: str) -> bool:
+        until = self._penalties.get(origin(url))
+        if until is None:
+            return False
+        if self._wall_clock() >= until:
+            del self._penalties[origin(url)]
+            return False
+        return True
+
+    def _next_replica(
+        self, replicas: list[str], tried: set[tuple[str, str, int | None]]
+    ) -> str | None:
+        """The first replica of this round not tried yet, preferring unpenalised ones."""
+        fresh = [url for url in replicas if origin(url) not in tried]
+        for url in fresh:
+            if not self._penalised(url):
+                return url
+        return fresh[0] if fresh else None
+
+    async def _replicas(self, path: str, *, fallback: str | None) -> list[str]:
+        """The file's replica URLs from the federation's metalink, in its order.
+
+        Without a metalink (the federation has none, or it failed), the
+        federation's current redirect target (``fallback``, or a fresh one).
+        """
+        url = url_for(self.base_url, path) + "?metalink"
+        headers = {"Accept": METALINK_ACCEPT, **self._headers_for(url)}
+        try:
+            response = await self._client.get(url, headers=headers)
+            if response.status_code == 200:
+                replicas = parse_metalink(response.content)
+                if replicas:
+                    return replicas
+            log.info("no metalink for %s (HTTP %d)", path, response.status_code)
+        except (httpx.HTTPError, BadResponse) as exc:
+            log.info("no metalink for %s: %s", path, exc)
+        if fallback is None:
+            fallback = await self._locate(path)
+        return [fallback]
+
+    async def _locate(self, path: str) -> str:
+        """Where the federation redirects a GET of ``path`` now (without reading data)."""
+        url = url_for(self.base_url, path)
+        for _hop in range(MAX_REDIRECTS + 1):
+            if origin(url) != self._origin:
+                return url
+            request = self._client.build_request("HEAD", url, headers=self._headers_for(url))
+            response = await self._client.send(request)
+            if response.status_code not in (301, 302, 303, 307, 308):
+                raise self._status_error(response, f"HEAD {path}")
+            url = self._redirect_url(url, response)
+        raise BadResponse(f"HEAD {path!r}: more than {MAX_REDIRECTS} redirects")
 
     @contextmanager
     def _deadline(self, what: str) -> Iterator[None]:
@@ -195,43 +332,40 @@ class Federation:
         except trio.TooSlowError:
             raise UpstreamTimeout(f"{what}: no answer within {self.budget:g} s") from None
 
-    def forget_target(self, path: str) -> None:
-        self._targets.pop(path, None)
-
-    def _fresh_target(self, path: str) -> Target | None:
-        target = self._targets.get(path)
-        if target is None:
-            return None
-        if target.renew_at is not None and self._wall_clock() >= target.renew_at:
-            del self._targets[path]
-            return None
-        return target
-
     async def _read_following(
-        self, path: str, start: int, end: int, size: int
-    ) -> tuple[bytes | bytearray, str]:
-        """Ranged GET on the federation, following redirects to the data."""
+        self, path: str, start: int, end: int, size: int, into: memoryview
+    ) -> tuple[int | None, str]:
+        """Ranged GET on the federation, following its redirects to the data.
+
+        Returns (bytes read, the URL that served them), or (None, URL) when the
+        federation redirects to an endpoint that failed recently.
+        """
         url = url_for(self.base_url, path)
         for _hop in range(MAX_REDIRECTS + 1):
-            is_federation = origin(url) == self._origin
+            federation = origin(url) == self._origin
+            if not federation and self._penalised(url):
+                return None, url
             try:
-                return await self._get_range(url, start, end, size, federation=is_federation), url
+                return await self._get_range(url, start, end, size, into, federation), url
             except _Redirect as redirect:
                 url = redirect.location
         raise BadResponse(f"GET {path!r}: more than {MAX_REDIRECTS} redirects")
 
-    async def _read_target(self, url: str, start: int, end: int, size: int) -> bytes | bytearray:
-        try:
-            return await self._get_range(url, start, end, size, federation=False)
-        except _Redirect as redirect:
-            # A target that redirects again (a DPM head node) is not a stable
-            # target: treat it as failed so the whole chain is walked again.
-            error = UpstreamError(f"target redirected to {redirect.location}")
-            raise _TargetFailed(error) from None
-
     async def _get_range(
-        self, url: str, start: int, end: int, size: int, *, federation: bool
-    ) -> bytes | bytearray:
+        self,
+        url: str,
+        start: int,
+        end: int,
+        size: int,
+        into: memoryview,
+        federation: bool = False,
+    ) -> int:
+        """GET ``[start, end)`` of ``url`` into ``into``; the number of bytes read.
+
+        Raises :class:`_Redirect` for a 3xx. Failures of the federation raise
+        their davfed error; failures of an endpoint raise :class:`_TargetFailed`
+        (with the bytes read before the failure, which are good).
+        """
         headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
         if federation:
             headers.update(self._headers_for(url))
@@ -239,64 +373,51 @@ class Federation:
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException as exc:
-            _fail(UpstreamTimeout(f"GET {redact_url(url)}: {type(exc).__name__}"), federation)
+            _fail(UpstreamTimeout(f"GET {redact_url(url)}: {type(exc).__name__}"), url, federation)
         except httpx.TransportError as exc:
-            _fail(UpstreamError(f"GET {redact_url(url)}: {type(exc).__name__}: {exc}"), federation)
+            error = UpstreamError(f"GET {redact_url(url)}: {type(exc).__name__}: {exc}")
+            _fail(error, url, federation)
         try:
             status = response.status_code
             if status in (301, 302, 303, 307, 308):
                 raise _Redirect(self._redirect_url(url, response))
             if status == 206:
-                return await self._read_partial(response, url, start, end, size)
+                first, stop, total = parse_content_range(response.headers.get("Content-Range", ""))
+                if total is not None and total != size:
+                    message = f"{redact_url(url)} has {total} bytes, the federation says {size}"
+                    _fail(IntegrityError(message), url, federation)
+                if first != start or stop != end:
+                    message = f"{redact_url(url)} sent bytes {first}-{stop} for {start}-{end}"
+                    _fail(IntegrityError(message), url, federation)
+                return await self._collect(response, url, into[: end - start], skip=0, exact=True)
             if status == 200:
-                return await self._read_skipping(response, url, start, end, size)
+                length = response.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) != size:
+                    message = f"{redact_url(url)} has {length} bytes, the federation says {size}"
+                    _fail(IntegrityError(message), url, federation)
+                return await self._collect(
+                    response, url, into[: end - start], skip=start, exact=False
+                )
             if status == 416 and start >= size:
-                return b""
-            _fail(self._status_error(response, f"GET {redact_url(url)}"), federation)
+                return 0
+            _fail(self._status_error(response, f"GET {redact_url(url)}"), url, federation)
         finally:
             await response.aclose()
 
-    async def _read_partial(
-        self, response: httpx.Response, url: str, start: int, end: int, size: int
-    ) -> bytearray:
-        first, stop, total = parse_content_range(response.headers.get("Content-Range", ""))
-        if total is not None and total != size:
-            raise _TargetFailed(
-                IntegrityError(f"{redact_url(url)} has {total} bytes, the federation says {size}")
-            )
-        if first != start or stop != end:
-            raise _TargetFailed(
-                IntegrityError(f"{redact_url(url)} sent bytes {first}-{stop} for {start}-{end}")
-            )
-        return await self._collect(response, url, end - start, skip=0, exact=True)
-
-    async def _read_skipping(
-        self, response: httpx.Response, url: str, start: int, end: int, size: int
-    ) -> bytearray:
-        length = response.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) != size:
-            raise _TargetFailed(
-                IntegrityError(f"{redact_url(url)} has {length} bytes, the federation says {size}")
-            )
-        return await self._collect(response, url, end - start, skip=start, exact=False)
-
     async def _collect(
-        self, response: httpx.Response, url: str, want: int, *, skip: int, exact: bool
-    ) -> bytearray:
-        """Read ``want`` bytes of the body after discarding ``skip`` bytes.
+        self, response: httpx.Response, url: str, into: memoryview, *, skip: int, exact: bool
+    ) -> int:
+        """Read ``len(into)`` bytes of the body into ``into`` after discarding ``skip`` bytes.
 
         ``exact``: the body must hold exactly that many bytes (a 206 answer),
-        and is read to its end; otherwise reading stops once ``want`` bytes
-        are in (a 200 answer carrying the whole file).
-
-        The body is read raw (davfed asks for ``identity`` encoding) straight
-        into one preallocated buffer: no re-chunking, one copy per socket read.
+        and is read to its end; otherwise reading stops once ``into`` is full
+        (a 200 answer carrying the whole file). The body is read raw (davfed
+        asks for ``identity`` encoding): one copy per socket read, no re-chunking.
         """
         encoding = response.headers.get("Content-Encoding", "identity").lower()
         if encoding != "identity":
-            raise _TargetFailed(BadResponse(f"{redact_url(url)} sent {encoding}-encoded data"))
-        buffer = bytearray(want)
-        view = memoryview(buffer)
+            raise _TargetFailed(BadResponse(f"{redact_url(url)} sent {encoding}-encoded data"), url)
+        want = len(into)
         filled = 0
         try:
             # httpx types aiter_raw() as an iterator; it is a generator to close.
@@ -311,24 +432,22 @@ class Federation:
                         skip = 0
                     take = min(len(chunk), want - filled)
                     if take < len(chunk) and exact:
-                        raise _TargetFailed(
-                            IntegrityError(f"{redact_url(url)}: body longer than {want} bytes")
-                        )
-                    view[filled : filled + take] = chunk[:take]
+                        message = f"{redact_url(url)}: body longer than {want} bytes"
+                        raise _TargetFailed(IntegrityError(message), url, filled)
+                    into[filled : filled + take] = chunk[:take]
                     filled += take
                     if filled == want and not exact:
                         break
         except httpx.TimeoutException as exc:
-            raise _TargetFailed(UpstreamTimeout(f"reading {redact_url(url)}: timed out")) from exc
+            timeout = UpstreamTimeout(f"reading {redact_url(url)}: timed out")
+            raise _TargetFailed(timeout, url, filled) from exc
         except httpx.TransportError as exc:
-            raise _TargetFailed(UpstreamError(f"reading {redact_url(url)}: {exc!r}")) from exc
-        finally:
-            view.release()
+            broken = UpstreamError(f"reading {redact_url(url)}: {exc!r}")
+            raise _TargetFailed(broken, url, filled) from exc
         if filled < want:
-            raise _TargetFailed(
-                IntegrityError(f"{redact_url(url)}: body ended after {filled} of {want} bytes")
-            )
-        return buffer
+            message = f"{redact_url(url)}: body ended after {filled} of {want} bytes"
+            raise _TargetFailed(IntegrityError(message), url, filled)
+        return filled
 
     # -- helpers --------------------------------------------------------------
 
@@ -355,11 +474,17 @@ class Federation:
         return UpstreamError(message)
 
 
-def _fail(error: Exception, federation: bool) -> NoReturn:
-    """Raise ``error`` as is for the federation, or as a failed target for an endpoint."""
+def _fail(error: Exception, url: str, federation: bool) -> NoReturn:
+    """Raise ``error`` as is for the federation, or as a failed replica for an endpoint."""
     if federation:
         raise error
-    raise _TargetFailed(error)
+    raise _TargetFailed(error, url)
+
+
+def backoff(round_number: int, *, base: float = 0.5, cap: float = 8.0) -> float:
+    """Seconds to wait before retry round ``round_number`` (1, 2, ...): exponential, jittered."""
+    delay: float = min(cap, base * 2.0 ** (round_number - 1))
+    return delay * random.uniform(0.5, 1.0)
 
 
 class _Redirect(Exception):

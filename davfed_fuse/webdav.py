@@ -37,6 +37,11 @@ MAX_FILE_SIZE = 1 << 50
 #: Dates outside [1970, 2200) are replaced by the epoch.
 MAX_MTIME = 7258118400
 
+#: What davfed accepts for a metalink (v4 first; lcgdm-dav also answers v3).
+METALINK_ACCEPT = "application/metalink4+xml, application/metalink+xml;q=0.9"
+#: A metalink larger than this is refused.
+MAX_METALINK_BYTES = 1 << 20
+
 _DAV = "{DAV:}"
 _LCGDM = "{LCGDM:}"
 
@@ -224,3 +229,31 @@ def split_listing(
             seen.add(entry.name)
             children.append(entry)
     return parent, children
+
+
+def parse_metalink(body: bytes) -> list[str]:
+    """The replica URLs of a metalink (v3 or v4, RFC 5854), in document order.
+
+    Like davix, element paths are matched and namespaces ignored: v3's
+    ``metalink/files/file/resources/url`` and v4's ``metalink/file/url``.
+    Only http(s) URLs are kept. Raises :class:`BadResponse` on malformed XML.
+    """
+    if len(body) > MAX_METALINK_BYTES:
+        raise BadResponse(f"metalink of {len(body)} bytes is too large")
+    try:
+        root = DET.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except (ET.ParseError, DefusedXmlException, ValueError) as exc:
+        raise BadResponse(f"malformed metalink: {exc}") from exc
+
+    def local(tag: str) -> str:
+        return tag.rsplit("}", 1)[-1]
+
+    if local(root.tag) != "metalink":
+        raise BadResponse(f"metalink document is a {root.tag!r}")
+    urls = []
+    for element in root.iter():
+        if local(element.tag) == "url" and element.text:
+            url = element.text.strip()
+            if urlsplit(url).scheme in ("http", "https"):
+                urls.append(url)
+    return urls

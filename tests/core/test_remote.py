@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 
 import httpx
@@ -17,53 +18,83 @@ from davfed_fuse.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from davfed_fuse.remote import Federation, parse_content_range
+from davfed_fuse.remote import Federation, backoff, parse_content_range
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
 FED = "http://fed.test:8000/myfed/"
 
+#: A replica's behaviour for one request: None serves it, a status fails it,
+#: "cut" sends half the body then breaks the connection.
+Behaviour = Callable[[httpx.Request], int | str | None]
+
+
+class CutStream(httpx.AsyncByteStream):
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        yield self.body[: len(self.body) // 2]
+        raise httpx.ReadError("connection reset by peer")
+
 
 class World:
-    """A federation that redirects ``/myfed/f`` to a replica, with switchable behaviour."""
+    """A federation that redirects ``/myfed/f`` to the first of its replicas.
 
-    def __init__(self) -> None:
+    Its metalink lists every replica; each replica's behaviour can be switched.
+    """
+
+    def __init__(self, replicas: int = 3) -> None:
         self.requests: list[httpx.Request] = []
-        self.replica = "http://store.test:9000/ep/f"
-        self.replica_status: Callable[[int], int | None] = lambda n: None
-        self.replica_hits = 0
+        self.replicas = [f"http://store{i}.test:9000/ep/f" for i in range(replicas)]
+        self.behaviour: dict[str, Behaviour] = {}
+        self.hits: Counter[str] = Counter()
         self.total = len(DATA)
         self.body_delta = 0  # bytes added to (or cut from) each ranged body
+        self.metalink = True
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         host = request.url.host
         if host == "fed.test":
-            if request.url.path == "/myfed/missing":
-                return httpx.Response(404)
-            if request.url.path.startswith("/myfed/hop"):
-                hop = int(request.url.path.removeprefix("/myfed/hop"))
-                return httpx.Response(302, headers={"Location": f"/myfed/hop{hop + 1}"})
-            if request.url.path == "/myfed/ftp":
-                return httpx.Response(302, headers={"Location": "ftp://x/y"})
-            return httpx.Response(302, headers={"Location": self.replica})
-        self.replica_hits += 1
-        forced = self.replica_status(self.replica_hits)
-        if forced is not None:
-            return httpx.Response(forced)
+            return self.federation(request)
+        self.hits[host] += 1
         match = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers["Range"])
         assert match
         first, last = int(match[1]), int(match[2])
         body = DATA[first : last + 1]
-        body = (
-            body + b"x" * self.body_delta
-            if self.body_delta > 0
-            else body[: len(body) + self.body_delta]
-        )
-        return httpx.Response(
-            206,
-            headers={"Content-Range": f"bytes {first}-{min(last, len(DATA) - 1)}/{self.total}"},
-            stream=httpx.ByteStream(body),  # a stream, as on the wire: read once
-        )
+        behaviour = self.behaviour.get(host, lambda r: None)(request)
+        if isinstance(behaviour, int):
+            return httpx.Response(behaviour)
+        headers = {"Content-Range": f"bytes {first}-{min(last, len(DATA) - 1)}/{self.total}"}
+        if behaviour == "cut":
+            return httpx.Response(206, headers=headers, stream=CutStream(body))
+        if self.body_delta > 0:
+            body += b"x" * self.body_delta
+        elif self.body_delta < 0:
+            body = body[: self.body_delta]
+        # A stream, as on the wire: read once.
+        return httpx.Response(206, headers=headers, stream=httpx.ByteStream(body))
+
+    def federation(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/myfed/missing":
+            return httpx.Response(404)
+        if path.startswith("/myfed/hop"):
+            hop = int(path.removeprefix("/myfed/hop"))
+            return httpx.Response(302, headers={"Location": f"/myfed/hop{hop + 1}"})
+        if path == "/myfed/ftp":
+            return httpx.Response(302, headers={"Location": "ftp://x/y"})
+        if request.url.query == b"metalink":
+            if not self.metalink:
+                return httpx.Response(404)
+            urls = "".join(f"<url priority='{i}'>{u}</url>" for i, u in enumerate(self.replicas))
+            ns = "urn:ietf:params:xml:ns:metalink"
+            xml = f"<metalink xmlns='{ns}'><file name='/f'>{urls}</file></metalink>"
+            return httpx.Response(200, content=xml.encode())
+        return httpx.Response(302, headers={"Location": self.replicas[0]})
+
+    def data_hosts(self) -> list[str]:
+        return [r.url.host for r in self.requests if r.url.host != "fed.test"]
 
 
 @pytest.fixture
@@ -71,11 +102,15 @@ async def world() -> World:
     return World()
 
 
-def make(world: World, now: list[float] | None = None) -> Federation:
+def make(world: World, now: list[float] | None = None, retries: int = 1) -> Federation:
     client = httpx.AsyncClient(transport=httpx.MockTransport(world.handler))
     clock = (lambda: now[0]) if now is not None else (lambda: 1e9)
     return Federation(
-        FED, client, federation_headers=lambda: {"Authorization": "Bearer T"}, wall_clock=clock
+        FED,
+        client,
+        federation_headers=lambda: {"Authorization": "Bearer T"},
+        wall_clock=clock,
+        retries=retries,
     )
 
 
@@ -84,7 +119,7 @@ async def test_read_follows_the_redirect_once_per_file(world: World) -> None:
     assert await fed.read("f", 0, 100, len(DATA)) == DATA[:100]
     assert await fed.read("f", 5000, 6000, len(DATA)) == DATA[5000:6000]
     hosts = [r.url.host for r in world.requests]
-    assert hosts == ["fed.test", "store.test", "store.test"]
+    assert hosts == ["fed.test", "store0.test", "store0.test"]
 
 
 async def test_credentials_stay_with_the_federation(world: World) -> None:
@@ -103,7 +138,7 @@ async def test_reads_clip_at_eof(world: World) -> None:
 
 async def test_expired_target_is_resolved_again(world: World) -> None:
     now = [1000.0]
-    world.replica = "http://store.test:9000/ep/f?Expires=1100&Signature=s"
+    world.replicas[0] = "http://store0.test:9000/ep/f?Expires=1100&Signature=s"
     fed = make(world, now)
     await fed.read("f", 0, 10, len(DATA))
     now[0] = 1030.0  # before renewal (halfway: 1050)
@@ -113,30 +148,58 @@ async def test_expired_target_is_resolved_again(world: World) -> None:
     assert [r.url.host for r in world.requests].count("fed.test") == 2
 
 
-async def test_a_failing_target_is_resolved_again_once(world: World) -> None:
+async def test_an_expired_signature_means_resolve_again_not_eacces(world: World) -> None:
     fed = make(world)
     await fed.read("f", 0, 10, len(DATA))
-    world.replica_status = lambda n: 403 if n == 2 else None
+    world.behaviour["store0.test"] = lambda r: 403 if world.hits["store0.test"] == 2 else None
     assert await fed.read("f", 10, 20, len(DATA)) == DATA[10:20]
-    assert [r.url.host for r in world.requests].count("fed.test") == 2
+
+
+@pytest.mark.parametrize("failure", [503, 404, 410, 403, 500, "cut"])
+async def test_a_failing_replica_fails_over_to_the_next(world: World, failure: int | str) -> None:
+    world.behaviour["store0.test"] = lambda r: failure
+    fed = make(world)
+    assert await fed.read("f", 100, 9000, len(DATA)) == DATA[100:9000]
+    assert world.data_hosts()[-1] == "store1.test"
+    # The failed endpoint is passed over by the next read, without asking again.
+    before = len(world.requests)
+    assert await fed.read("f", 0, 50, len(DATA)) == DATA[:50]
+    assert [r.url.host for r in world.requests[before:]] == ["store1.test"]
+
+
+async def test_a_cut_body_continues_where_it_stopped(world: World) -> None:
+    world.behaviour["store0.test"] = lambda r: "cut"
+    fed = make(world)
+    assert await fed.read("f", 1000, 9000, len(DATA)) == DATA[1000:9000]
+    resumed = next(r for r in world.requests if r.url.host == "store1.test")
+    assert resumed.headers["Range"] == f"bytes={1000 + 4000}-{9000 - 1}"
+
+
+async def test_without_a_metalink_the_federation_is_asked_again(world: World) -> None:
+    world.metalink = False
+    world.behaviour["store0.test"] = lambda r: 503 if world.hits["store0.test"] == 1 else None
+    fed = make(world)
+    assert await fed.read("f", 0, 10, len(DATA)) == DATA[:10]
 
 
 @pytest.mark.parametrize(
     ("status", "error"), [(403, Forbidden), (404, NotFound), (503, UpstreamError)]
 )
-async def test_a_target_that_keeps_failing_gives_its_error(
-    world: World, status: int, error: type[Exception]
+async def test_when_every_replica_fails_the_error_comes_after_bounded_rounds(
+    world: World, status: int, error: type[Exception], autojump_clock: trio.abc.Clock
 ) -> None:
-    world.replica_status = lambda n: status
+    for host in ("store0.test", "store1.test", "store2.test"):
+        world.behaviour[host] = lambda r: status
     with pytest.raises(error):
-        await make(world).read("f", 0, 10, len(DATA))
-    assert world.replica_hits == 2
+        await make(world, retries=2).read("f", 0, 10, len(DATA))
+    # Three rounds (the first and two retries) over three replicas.
+    assert sum(world.hits.values()) == 9
 
 
 async def test_a_replica_of_another_size_is_refused(world: World) -> None:
     world.total = len(DATA) - 1
     with pytest.raises(IntegrityError, match="federation says"):
-        await make(world).read("f", 0, 10, len(DATA))
+        await make(world, retries=0).read("f", 0, 10, len(DATA))
 
 
 async def test_missing_file_and_bad_redirects(world: World) -> None:
@@ -156,6 +219,13 @@ def test_content_range() -> None:
         parse_content_range("bytes */1000")
 
 
+def test_backoff_grows_with_jitter_and_a_cap() -> None:
+    for round_number, top in [(1, 0.5), (2, 1.0), (3, 2.0), (10, 8.0)]:
+        delays = [backoff(round_number) for _ in range(200)]
+        assert all(top / 2 <= d <= top for d in delays)
+        assert len(set(delays)) > 100
+
+
 # Abandoning a body half-read leaves httpx's inner stream generators to the
 # garbage collector (the connection itself is closed by response.aclose()).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -163,15 +233,15 @@ def test_content_range() -> None:
 async def test_a_body_of_the_wrong_length_is_refused(world: World, delta: int) -> None:
     world.body_delta = delta
     with pytest.raises(IntegrityError, match="body"):
-        await make(world).read("f", 0, 100, len(DATA))
-    assert world.replica_hits == 2, "the federation was asked again before failing"
+        await make(world, retries=0).read("f", 0, 100, len(DATA))
+    assert sum(world.hits.values()) == 3, "every replica was tried before failing"
 
 
 async def test_a_slow_target_costs_at_most_the_budget(
     world: World, autojump_clock: trio.abc.Clock
 ) -> None:
     async def slow(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "store.test":
+        if request.url.host != "fed.test":
             await trio.sleep(1000)
         return world.handler(request)
 

@@ -11,6 +11,7 @@ from davfed_fuse.webdav import (
     href_to_path,
     parse_http_date,
     parse_iso_date,
+    parse_metalink,
     parse_multistatus,
     quote_path,
     split_listing,
@@ -137,3 +138,25 @@ def test_paths_round_trip_through_urls(segments: list[str]) -> None:
     assert " " not in url and "#" not in url and "?" not in url
     assert href_to_path(url, "/myfed/") == path
     assert quote_path(path).count("/") == path.count("/")
+
+
+def test_metalinks_v3_and_v4_keep_document_order() -> None:
+    v3 = b"""<?xml version="1.0" encoding="UTF-8"?>
+<metalink version="3.0" xmlns="http://www.metalinker.org/" xmlns:lcgdm="LCGDM:"
+ generator="lcgdm-dav">
+ <files><file name="/lhcb/L"><size>173272912</size>
+  <resources><url type="https">https://test-kit.test.de:2880/pnfs/test.file</url>
+             <url type="https">https://test.grid.sara.nl:2882/pnfs/test.file</url></resources>
+ </file></files></metalink>"""
+    assert parse_metalink(v3) == [
+        "https://test-kit.test.de:2880/pnfs/test.file",
+        "https://test.grid.sara.nl:2882/pnfs/test.file",
+    ]
+    v4 = b"""<metalink xmlns="urn:ietf:params:xml:ns:metalink"><file name="f"><size>3</size>
+<url priority="1">http://b/f?X-Amz-Signature=1</url><url priority="2">ftp://no/f</url>
+<url priority="3">http://a/f</url></file></metalink>"""
+    assert parse_metalink(v4) == ["http://b/f?X-Amz-Signature=1", "http://a/f"]
+    with pytest.raises(BadResponse):
+        parse_metalink(b"<html/>")
+    with pytest.raises(BadResponse):
+        parse_metalink(b'<!DOCTYPE x [<!ENTITY a "b">]><metalink>&a;</metalink>')
