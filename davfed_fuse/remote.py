@@ -178,13 +178,20 @@ class Federation:
 
         Returns exactly ``min(end, size) - start`` bytes (empty at or past EOF),
         or raises; never returns bytes that disagree with the federation's size.
+        A file no replica can serve is an :class:`UpstreamError` (EIO), not
+        NotFound: its metadata says it exists.
         See :meth:`_read` for how replicas are chosen and failures survived.
         """
         end = min(end, size)
         if start >= end:
             return b""
         with self._deadline(f"read {path} [{start}, {end})"):
-            return await self._read(path, start, end, size)
+            try:
+                return await self._read(path, start, end, size)
+            except NotFound as exc:
+                # The file exists (its metadata says so) but no replica serves it:
+                # Dynafed answers 404 when no endpoint with a replica is online.
+                raise UpstreamError(f"{path}: no replica can serve it now ({exc})") from exc
 
     async def _read(self, path: str, start: int, end: int, size: int) -> bytearray:
         """Fill ``[start, end)`` from whichever replica can serve it.

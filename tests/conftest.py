@@ -1,3 +1,3 @@
-"""Fixtures shared by every test tier: the test federation (``tests/testfed_fixtures.py``)."""
+"""Fixtures shared by every test tier: the test federation and real mounts."""
 
-pytest_plugins = ["tests.testfed_fixtures"]
+pytest_plugins = ["tests.testfed_fixtures", "tests.mounting"]

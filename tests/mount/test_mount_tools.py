@@ -15,7 +15,7 @@ import pytest
 
 from davfed_fuse.mounts import read_mountinfo
 from davfed_fuse.testfed import TestFederation
-from tests.mount.conftest import REPO, Mounter, requires_fuse, run_helper, unmount
+from tests.mounting import REPO, Mounter, requires_fuse, run_helper, unmount
 
 pytestmark = [pytest.mark.mount, requires_fuse]
 

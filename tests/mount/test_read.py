@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from davfed_fuse.testfed import TestFederation
-from tests.mount.conftest import ODD_NAMES, Mounter, requires_fuse, sha256_file
+from tests.mounting import ODD_NAMES, Mounter, requires_fuse, sha256_file
 
 pytestmark = [pytest.mark.mount, requires_fuse]
 
