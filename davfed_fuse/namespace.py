@@ -18,6 +18,11 @@ cache for every child, so ``ls -l`` costs one request. A name missing from a
 fresh listing of its parent is ENOENT without a request; a NotFound answer is
 remembered ``negative_timeout`` seconds. Concurrent requests for one path
 share one PROPFIND.
+
+When the federation cannot be reached, requests fail fast (EIO/ETIMEDOUT),
+with one exception: the root's attributes, known since the mount was made,
+are served from the last answer, so that the mountpoint itself stays
+``stat``-able (``mount -a``, ``findmnt``, ``umount`` and shells need that).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Generic, TypeVar
 import trio
 from cachetools import TTLCache
 
-from davfed_fuse.errors import NotFound
+from davfed_fuse.errors import NotFound, UpstreamError, UpstreamTimeout
 from davfed_fuse.remote import Federation
 from davfed_fuse.webdav import RemoteEntry
 
@@ -103,6 +108,7 @@ class Namespace:
         self._negative_timeout = negative_timeout
         self._stat_flight: SingleFlight[RemoteEntry] = SingleFlight()
         self._list_flight: SingleFlight[Listing] = SingleFlight()
+        self._root: RemoteEntry | None = None  # the root's last answer
         self._path_of: dict[int, str] = {ROOT_INODE: ""}
         self._inode_of: dict[str, int] = {"": ROOT_INODE}
         self._lookups: dict[int, int] = {}
@@ -174,7 +180,14 @@ class Namespace:
             if self._negative_timeout > 0:
                 self._missing[path] = True
             raise
+        except (UpstreamError, UpstreamTimeout) as exc:
+            if path or self._root is None:
+                raise
+            log.warning("federation unreachable (%s); the root keeps its last attributes", exc)
+            return self._root
         self._attrs[path] = entry
+        if not path:
+            self._root = entry
         return entry
 
     async def lookup(self, parent_path: str, name: str) -> tuple[int, RemoteEntry]:

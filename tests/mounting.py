@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from davfed_fuse.mounts import find_mount
+
 REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "bin" / "mount.davfed"
 MiB = 1 << 20
@@ -66,10 +68,19 @@ def sha256_file(path: Path) -> str:
 Mounter = Callable[..., Path]
 
 
+def is_mounted(path: Path) -> bool:
+    """Whether something is mounted on ``path``, from mountinfo.
+
+    Not ``os.path.ismount``: it stats the mountpoint, which asks the daemon,
+    and it says False when that fails (a federation that is down).
+    """
+    return find_mount(path) is not None
+
+
 def unmount(mountpoint: Path) -> None:
     """Unmount, lazily if a reader still holds it; never leave a mount behind."""
     for command in (["umount", str(mountpoint)], ["umount", "-l", str(mountpoint)]):
-        if not os.path.ismount(mountpoint):
+        if not is_mounted(mountpoint):
             return
         subprocess.run(command, capture_output=True, timeout=30)
 
@@ -97,7 +108,7 @@ def mounter(tmp_path: Path) -> Iterator[Mounter]:
         result = run_helper(url, target, "-o", f"cache_dir={cache}", *args)
         mounted.append(target)
         assert result.returncode == 0, f"mount failed ({result.returncode}): {result.stderr}"
-        assert os.path.ismount(target)
+        assert is_mounted(target)
         return target
 
     try:
@@ -105,5 +116,5 @@ def mounter(tmp_path: Path) -> Iterator[Mounter]:
     finally:
         for target in reversed(mounted):
             unmount(target)
-        leftovers = [m for m in mounted if os.path.ismount(m)]
+        leftovers = [m for m in mounted if is_mounted(m)]
         assert not leftovers, f"still mounted: {leftovers}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from davfed_fuse.errors import NotFound
+from davfed_fuse.errors import NotFound, UpstreamError
 from davfed_fuse.namespace import ROOT_INODE, Namespace
 from davfed_fuse.webdav import RemoteEntry
 
@@ -123,3 +123,19 @@ async def test_concurrent_stats_share_one_request() -> None:
             nursery.start_soon(one)
     assert len(results) == 10
     assert fed.calls == [("stat", "d/a")]
+
+
+async def test_only_the_root_survives_an_unreachable_federation() -> None:
+    fed, clock = FakeFederation(), Clock()
+    ns = make(fed, clock)
+    await ns.stat("")
+    await ns.listdir("d")
+    clock.now = 61
+
+    async def down(path: str) -> RemoteEntry:
+        raise UpstreamError("connection refused")
+
+    fed.stat = down  # type: ignore[method-assign]
+    assert (await ns.stat("")).is_dir
+    with pytest.raises(UpstreamError):
+        await ns.stat("d/b")
