@@ -98,9 +98,13 @@ def test_rate_meter_uses_a_sliding_window() -> None:
 
 def test_snapshot_line() -> None:
     snap = Snapshot(
-        elapsed=3, files_done=1, files_total=3, bytes_done=10**9, bytes_total=4 * 10**9,
+        elapsed=3,
+        files_done=1,
+        files_total=3,
+        bytes_done=10**9,
+        bytes_total=4 * 10**9,
         rate=5e8,
-    )  # fmt: skip
+    )
     assert snap.eta == 6.0
     assert snap.line() == "1.0 GB of 4.0 GB (25%), 1/3 files, 500.0 MB/s, ETA 0:06"
 
@@ -199,8 +203,9 @@ def test_prefetch_reads_a_plan_and_reports_json(tmp_path: Path) -> None:
         failures=[Failure(str(tmp_path / "missing"), errno.ENOENT, "No such file or directory")],
     )
     out = io.StringIO()
-    summary = prefetch.prefetch(plan, JsonReporter(io.StringIO(), out, 0.0, False), jobs=3,
-                                chunk=4096)  # fmt: skip
+    summary = prefetch.prefetch(
+        plan, JsonReporter(io.StringIO(), out, 0.0, False), jobs=3, chunk=4096, close_delay=0
+    )
     assert summary.files_ok == 3
     assert summary.bytes == sum(files.values())
     assert sorted(f.name for f in summary.failures) == ["ENOENT", "ENOENT"]
@@ -221,6 +226,36 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_closer_keeps_files_open_for_a_while(tmp_path: Path) -> None:
+    clock = FakeClock()
+    closer = prefetch.Closer(1.0, clock)
+    (tmp_path / "f").write_bytes(b"x" * 5)
+    seen: list[int] = []
+    assert (
+        prefetch.read_file(str(tmp_path / "f"), seen.append, threading.Event(), hold=closer.hold)
+        == 5
+    )
+    fds = [os.open(tmp_path / "f", os.O_RDONLY)]
+    clock.now += 0.5
+    closer.hold(fds[0])
+    held = [fd for _, fd in closer._due]
+    assert len(held) == 2 and all(is_open(fd) for fd in held)
+    clock.now += 0.6  # the first is due
+    closer.close_due()
+    assert not is_open(held[0]) and is_open(held[1])
+    clock.now += 10
+    closer.close_all(wait=True)
+    assert not is_open(held[1])
 
 
 def test_plain_reporter_prints_every_interval() -> None:
