@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a signed URL is reused for redirects (default 600)",
     )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="IPv4 address the front end, control API and endpoints listen on (default 127.0.0.1)",
+    )
     p.add_argument("--control-port", type=int, default=0, help="control API port (default any)")
     p.add_argument(
         "--control-file",
@@ -181,6 +187,7 @@ def options_from(args: argparse.Namespace) -> FedOptions:
         sign_cache_ttl=args.sign_cache_ttl,
         control_port=args.control_port,
         work_dir=args.work_dir,
+        host=args.host,
     )
 
 

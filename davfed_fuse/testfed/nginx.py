@@ -83,6 +83,7 @@ class NginxSite:
     fault_port: int
     as_root: bool
     dav_ext: bool
+    address: str = "127.0.0.1"  # where the head and disk nodes listen
 
     @property
     def data_link(self) -> Path:
@@ -103,10 +104,10 @@ def render_config(site: NginxSite) -> str:
     if site.head_port is not None:
         head = f"""
     server {{
-        listen 127.0.0.1:{site.head_port} backlog=1024;
+        listen {site.address}:{site.head_port} backlog=1024;
         access_log {w}/head-access.log testfed;
         location / {{
-            return 302 http://127.0.0.1:{site.disk_port}$request_uri;
+            return 302 http://{site.address}:{site.disk_port}$request_uri;
         }}
     }}
 """
@@ -152,7 +153,7 @@ http {{
     max_ranges 64;
 
     server {{
-        listen 127.0.0.1:{site.disk_port} backlog=1024;
+        listen {site.address}:{site.disk_port} backlog=1024;
         server_name _;
 
         location {prefix}/ {{
@@ -194,10 +195,10 @@ def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fo
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _accepting(port: int) -> bool:
+def _accepting(port: int, address: str) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((address, port)) == 0
 
 
 class NginxEndpoint:
@@ -210,6 +211,7 @@ class NginxEndpoint:
         work_dir: Path,
         fault_server: FaultServer,
         second_hop: bool = False,
+        address: str = "127.0.0.1",
     ) -> None:
         self.faults = FaultTable()
         self._binary = find_nginx()
@@ -219,7 +221,7 @@ class NginxEndpoint:
         self._second_hop = second_hop
         self._gate = StallGate()
         self._proc: subprocess.Popen[bytes] | None = None
-        self.info = EndpointInfo(index, "dav", 0)
+        self.info = EndpointInfo(index, "dav", 0, address=address)
         fault_server.register(index, self.faults, work_dir / "faults" / "resized", self._gate)
 
     def _site(self) -> NginxSite:
@@ -232,6 +234,7 @@ class NginxEndpoint:
             fault_port=self._fault_server.port,
             as_root=os.geteuid() == 0,
             dav_ext=DAV_EXT_MODULE.exists(),
+            address=self.info.address,
         )
 
     def _ports(self) -> list[int]:
@@ -246,8 +249,8 @@ class NginxEndpoint:
             link.symlink_to(self._data_dir.resolve(), target_is_directory=True)
         if self.info.port == 0:
             for attempt in range(5):
-                port = free_port()
-                disk = free_port() if self._second_hop else None
+                port = free_port(self.info.address)
+                disk = free_port(self.info.address) if self._second_hop else None
                 self.info = replace(
                     self.info,
                     port=port,
@@ -290,7 +293,7 @@ class NginxEndpoint:
                 message = stderr_path.read_text(errors="replace").strip().splitlines()
                 detail = message[-1] if message else "exited at once"
                 raise NginxError(f"nginx for ep{self.info.index} failed: {detail}")
-            if all(_accepting(p) for p in self._ports()):
+            if all(_accepting(p, self.info.address) for p in self._ports()):
                 return
             if time.monotonic() > deadline:
                 await self.stop()

@@ -7,6 +7,7 @@ command line) end up here.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class FedOptions:
     sign_cache_ttl: float = 600.0
     control_port: int = 0
     work_dir: Path | None = None
+    host: str = "127.0.0.1"  # the IPv4 address every server listens on
 
     @property
     def endpoint_kinds(self) -> tuple[str, ...]:
@@ -88,5 +90,9 @@ class FedOptions:
             raise OptionsError(
                 "--signature-validity must be positive, --sign-cache-ttl not negative"
             )
+        try:
+            ipaddress.IPv4Address(self.host)
+        except ValueError:
+            raise OptionsError(f"--host {self.host!r} is not an IPv4 address") from None
         if self.maxlistitems < 0:
             raise OptionsError("--maxlistitems must not be negative")

@@ -158,13 +158,13 @@ class Federation:
         return self.endpoints[index].bytes_sent()
 
 
-def _bind(port: int, what: str) -> Any:
+def _bind(port: int, what: str, address: str) -> Any:
     try:
-        return listen_socket(port)
+        return listen_socket(port, address)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(f"{what} port {port} is already in use") from None
-        raise StartupError(f"cannot listen on 127.0.0.1:{port} for the {what}: {exc}") from None
+        raise StartupError(f"cannot listen on {address}:{port} for the {what}: {exc}") from None
 
 
 async def _start_app(app: web.Application, sock: Any) -> web.AppRunner:
@@ -185,10 +185,17 @@ def _make_endpoints(
         if kind == "dav":
             assert fault_server is not None
             endpoints.append(
-                NginxEndpoint(index, opts.data_dir, ep_dir, fault_server, index in opts.second_hop)
+                NginxEndpoint(
+                    index,
+                    opts.data_dir,
+                    ep_dir,
+                    fault_server,
+                    index in opts.second_hop,
+                    address=opts.host,
+                )
             )
         else:
-            info = EndpointInfo(index, kind, free_port())
+            info = EndpointInfo(index, kind, free_port(opts.host), address=opts.host)
             endpoints.append(SignedEndpoint(info, opts.data_dir, ep_dir, creds))
     return endpoints
 
@@ -206,7 +213,7 @@ async def serve(
     opts.check()
     if "dav" in opts.endpoint_kinds:
         find_nginx()
-    front_sock = _bind(opts.port, "federation")
+    front_sock = _bind(opts.port, "federation", opts.host)
     control_sock = None
     work_dir = opts.work_dir or Path(tempfile.mkdtemp(prefix="davfed-testfed-"))
     own_work_dir = opts.work_dir is None
@@ -216,7 +223,7 @@ async def serve(
     health: HealthChecker | None = None
     health_task: asyncio.Task[None] | None = None
     try:
-        control_sock = _bind(opts.control_port, "control")
+        control_sock = _bind(opts.control_port, "control", opts.host)
         if "dav" in opts.endpoint_kinds:
             fault_server = FaultServer(opts.data_dir)
             await fault_server.start()
@@ -233,7 +240,7 @@ async def serve(
             FrontEndConfig(
                 data_dir=opts.data_dir,
                 prefix=opts.url_prefix,
-                host=f"127.0.0.1:{port}",
+                host=f"{opts.host}:{port}",
                 maxlistitems=opts.maxlistitems,
                 no_replica_status=opts.no_replica_status,
             ),
@@ -243,10 +250,10 @@ async def serve(
         runners.append(await _start_app(control_app(federation), control_sock))
         health_task = asyncio.create_task(health.run())
         info = {
-            "url": f"http://127.0.0.1:{port}{opts.url_prefix}/",
+            "url": f"http://{opts.host}:{port}{opts.url_prefix}/",
             "port": port,
             "prefix": opts.url_prefix,
-            "control_url": f"http://127.0.0.1:{control_sock.getsockname()[1]}/",
+            "control_url": f"http://{opts.host}:{control_sock.getsockname()[1]}/",
             "pid": os.getpid(),
             "data_dir": str(opts.data_dir.resolve()),
             "work_dir": str(work_dir),

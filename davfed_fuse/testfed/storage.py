@@ -53,6 +53,7 @@ class EndpointInfo:
     port: int  # where replica URLs point (the head node if there is a second hop)
     disk_port: int | None = None  # the "disk node" a head node redirects to
     access_log: Path | None = None  # nginx only: one line per request, bytes sent first
+    address: str = "127.0.0.1"  # the IPv4 address it listens on
 
     @property
     def name(self) -> str:
@@ -64,7 +65,7 @@ class EndpointInfo:
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -99,19 +100,19 @@ class Endpoint(Protocol):
     def bytes_sent(self) -> int: ...
 
 
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port of ``address`` (default loopback) nobody listens on right now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return int(s.getsockname()[1])
 
 
-def listen_socket(port: int) -> socket.socket:
-    """A listening loopback socket on ``port`` (0: any free port)."""
+def listen_socket(port: int, address: str = "127.0.0.1") -> socket.socket:
+    """A listening socket on ``address:port`` (default loopback; port 0: any free port)."""
     sock = socket.socket()
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
+        sock.bind((address, port))
         sock.listen(256)
     except OSError:
         sock.close()
@@ -287,7 +288,7 @@ class SignedEndpoint:
         app.on_response_prepare.append(self._server_header)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await runner.setup()
-        await web.SockSite(runner, listen_socket(self.info.port)).start()
+        await web.SockSite(runner, listen_socket(self.info.port, self.info.address)).start()
         self._runner = runner
 
     async def _server_header(self, request: web.Request, response: web.StreamResponse) -> None:
