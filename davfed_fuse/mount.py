@@ -25,7 +25,8 @@ import trio
 from davfed_fuse import __version__
 from davfed_fuse.block_cache import BlockCache, CacheLocked
 from davfed_fuse.config import Config
-from davfed_fuse.errors import DavfedError, MountError, NotFound
+from davfed_fuse.credentials import Credentials, discover
+from davfed_fuse.errors import DavfedError, Forbidden, MountError, NotFound
 from davfed_fuse.fuse_ops import Attributes, DavfedOperations, Reader
 from davfed_fuse.mounts import read_mountinfo
 from davfed_fuse.namespace import Namespace
@@ -97,7 +98,7 @@ async def _stat_root(federation: Federation, config: Config) -> RemoteEntry:
     for attempt in range(config.retries + 1):
         try:
             return await federation.stat("")
-        except NotFound:
+        except (NotFound, Forbidden):
             raise
         except DavfedError as exc:
             if attempt == config.retries:
@@ -178,7 +179,21 @@ def _raise_socket_read_size() -> None:
         log.info("httpcore has no READ_NUM_BYTES; keeping its socket read size")
 
 
-def http_client(config: Config) -> httpx.AsyncClient:
+def credentials_for(config: Config) -> Credentials:
+    """The mount's credential, found and checked (MountError with the reason if unusable)."""
+    credential = discover(
+        x509_proxy=config.x509_proxy,
+        x509_cert=config.x509_cert,
+        x509_key=config.x509_key,
+        token_file=config.token_file,
+    )
+    credentials = Credentials.create(credential, config.capath)
+    credentials.check()
+    log.info("credential: %s", credentials.describe())
+    return credentials
+
+
+def http_client(config: Config, credentials: Credentials) -> httpx.AsyncClient:
     _raise_socket_read_size()
     timeout = httpx.Timeout(config.timeout, connect=config.connect_timeout)
     limits = httpx.Limits(
@@ -190,6 +205,7 @@ def http_client(config: Config) -> httpx.AsyncClient:
         limits=limits,
         follow_redirects=False,
         headers={"User-Agent": f"davfed/{__version__}"},
+        verify=credentials.ssl_context,
     )
 
 
@@ -221,10 +237,17 @@ async def serve(config: Config, readiness: Readiness) -> None:
         cache = open_cache(config, cache_root(config.cache_dir, config.url))
         if cache is not None:
             stack.callback(cache.close)
-        async with http_client(config) as client:
+        credentials = credentials_for(config)
+        async with http_client(config, credentials) as client:
             # A FUSE request may try two replicas, each within the per-operation deadlines.
             budget = 2 * (config.timeout + config.connect_timeout)
-            federation = Federation(config.url, client, budget=budget, retries=config.retries)
+            federation = Federation(
+                config.url,
+                client,
+                federation_headers=credentials.headers,
+                budget=budget,
+                retries=config.retries,
+            )
             await _check_root(federation, config)
             namespace = Namespace(
                 federation,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import aclosing, contextmanager
@@ -141,9 +142,12 @@ class Federation:
             **self._headers_for(url),
         }
         for _hop in range(MAX_REDIRECTS + 1):
-            response = await self._client.request(
-                "PROPFIND", url, headers=headers, content=PROPFIND_BODY
-            )
+            try:
+                response = await self._client.request(
+                    "PROPFIND", url, headers=headers, content=PROPFIND_BODY
+                )
+            except httpx.TransportError as exc:
+                raise transport_error(exc, f"PROPFIND {path or '/'}") from exc
             if response.status_code in (301, 302, 303, 307, 308):
                 url = self._redirect_url(url, response)
                 if origin(url) != self._origin:
@@ -379,11 +383,8 @@ class Federation:
         request = self._client.build_request("GET", url, headers=headers)
         try:
             response = await self._client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            _fail(UpstreamTimeout(f"GET {redact_url(url)}: {type(exc).__name__}"), url, federation)
         except httpx.TransportError as exc:
-            error = UpstreamError(f"GET {redact_url(url)}: {type(exc).__name__}: {exc}")
-            _fail(error, url, federation)
+            _fail(transport_error(exc, f"GET {redact_url(url)}"), url, federation)
         try:
             status = response.status_code
             if status in (301, 302, 303, 307, 308):
@@ -479,6 +480,35 @@ class Federation:
         if status in (408, 504):
             return UpstreamTimeout(message)
         return UpstreamError(message)
+
+
+def _tls_reason(exc: BaseException) -> str | None:
+    """The TLS failure behind ``exc`` (e.g. the server's alert), if it is one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen.reason or str(seen)
+        text = str(seen)
+        if "SSL" in text or "TLSV1_ALERT" in text or "CERTIFICATE" in text.upper():
+            return text
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def transport_error(exc: httpx.TransportError, what: str) -> Exception:
+    """The davfed error for a failed connection: a refused TLS handshake is EACCES."""
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"{what}: {type(exc).__name__}")
+    reason = _tls_reason(exc)
+    if reason is not None:
+        log.error(
+            "%s: the TLS handshake failed (%s): the server refused the client "
+            "certificate, or trusts no CA of ours",
+            what,
+            reason,
+        )
+        return Forbidden(f"{what}: TLS handshake failed: {reason}")
+    return UpstreamError(f"{what}: {type(exc).__name__}: {exc}")
 
 
 def _fail(error: Exception, url: str, federation: bool) -> NoReturn:
