@@ -371,6 +371,52 @@ class Federation:
         into: memoryview,
         federation: bool = False,
     ) -> int:
+        """:meth:`_transfer`, with one log event per transaction with a storage endpoint.
+
+        Dynafed never learns whether the client's transfer after its redirect
+        worked; the client does, so it records it (for ELK: ECS field names).
+        """
+        if federation:
+            return await self._transfer(url, start, end, size, into, federation)
+        started = trio.current_time()
+        got, error = 0, "cancelled"  # unless it ends one of the two ways below
+        try:
+            got = await self._transfer(url, start, end, size, into, federation)
+            error = None
+            return got
+        except _TargetFailed as failed:
+            got, error = failed.got, str(failed.error)
+            raise
+        finally:
+            parts = urlsplit(url)
+            log.info(
+                "GET %s bytes %d-%d: %s",
+                redact_url(url),
+                start,
+                end - 1,
+                "ok" if error is None else error,
+                extra={
+                    "event.action": "read",
+                    "event.outcome": "success" if error is None else "failure",
+                    "event.duration": int((trio.current_time() - started) * 1e9),
+                    "destination.domain": parts.hostname,
+                    "destination.port": parts.port,
+                    "url.path": parts.path,
+                    "http.request.method": "GET",
+                    "http.response.body.bytes": got,
+                    "davfed.range": f"{start}-{end - 1}",
+                },
+            )
+
+    async def _transfer(
+        self,
+        url: str,
+        start: int,
+        end: int,
+        size: int,
+        into: memoryview,
+        federation: bool,
+    ) -> int:
         """GET ``[start, end)`` of ``url`` into ``into``; the number of bytes read.
 
         Raises :class:`_Redirect` for a 3xx. Failures of the federation raise
