@@ -379,7 +379,8 @@ class Federation:
         if federation:
             return await self._transfer(url, start, end, size, into, federation)
         started = trio.current_time()
-        got, error = 0, "cancelled"  # unless it ends one of the two ways below
+        got = 0
+        error: str | None = "cancelled"  # unless it ends one of the two ways below
         try:
             got = await self._transfer(url, start, end, size, into, federation)
             error = None
