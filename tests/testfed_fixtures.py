@@ -10,18 +10,30 @@
 * ``make_testfed`` (function): ``make_testfed(data_dir, **options)`` starts a federation
   of its own (options as :class:`davfed_fuse.testfed.TestFederation`); all are stopped
   after the test.
+* ``testfed_pki`` (session): a :class:`davfed_fuse.testfed.pki.TestPKI` (CA, hashed CA
+  dir, host/user/VOMS certificates, proxies, tokens) in a temporary directory; skips
+  the test when apache2/mod_gridsite, grid-proxy-init, voms-proxy-fake, openssl or
+  ``cryptography`` are missing (``HTTPS_MISSING`` says which).
+* ``https_testfed_session`` (session): the tree behind Apache (``https=True``) with
+  that PKI and no rules; ``https_testfed`` (function): the same, with its rules reset
+  to ``HTTPS_RULES`` before and to none after each test.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from davfed_fuse.testfed import TestFederation
+
+if TYPE_CHECKING:
+    from davfed_fuse.testfed.pki import TestPKI
 
 #: Names a federation must carry through percent-encoding unchanged.
 SPECIAL_NAMES = (
@@ -102,3 +114,74 @@ def make_testfed() -> Iterator[Callable[..., TestFederation]]:
     finally:
         for fed in started:
             fed.stop()
+
+
+# --- HTTPS mode -----------------------------------------------------------------------------
+
+
+def https_missing() -> str | None:
+    """What the HTTPS mode lacks on this machine (None: nothing)."""
+    if importlib.util.find_spec("cryptography") is None:
+        return "the cryptography package is not installed"
+    tools = {
+        "apache2": "apache2",
+        "grid-proxy-init": "globus-proxy-utils",
+        "voms-proxy-fake": "voms-clients",
+        "openssl": "openssl",
+    }
+    for tool, package in tools.items():
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            return f"{tool} not installed (Debian package {package})"
+    for module, package in (("mod_ssl.so", "apache2"), ("mod_gridsite.so", "gridsite")):
+        if not Path("/usr/lib/apache2/modules", module).exists():
+            return f"{module} not installed (Debian package {package})"
+    return None
+
+
+HTTPS_MISSING = https_missing()
+needs_https = pytest.mark.skipif(HTTPS_MISSING is not None, reason=str(HTTPS_MISSING))
+
+#: Rules of ``https_testfed``:
+#: * ``/belle/production*`` (a wildcard; alice) reads and lists everything;
+#: * ``/belle`` (exactly; alice and bob) reads hello.txt and many/, but lists nothing;
+#: * Mallory's DN reads small/ but lists nothing;
+#: * clients with no FQANs at all (plain proxies, anonymous, tokens without groups)
+#:   read and list deep/.
+HTTPS_RULES = (
+    "glb.allowgroups[]: /belle/production* /myfed/ rl",
+    "glb.allowgroups[]: /belle /myfed/hello.txt r",
+    "glb.allowgroups[]: /belle /myfed/many/ r",
+    'glb.allowusers[]: "/DC=org/DC=test/CN=Mallory" /myfed/small/ r',
+    'glb.allowgroups[]: "" /myfed/deep/ rl',
+)
+
+
+@pytest.fixture(scope="session")
+def testfed_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    if HTTPS_MISSING is not None:
+        pytest.skip(HTTPS_MISSING)
+    from davfed_fuse.testfed.pki import TestPKI
+
+    return TestPKI.create(tmp_path_factory.mktemp("testfed-pki"))
+
+
+@pytest.fixture(scope="session")
+def https_testfed_session(testfed_tree: Path, testfed_pki: TestPKI) -> Iterator[TestFederation]:
+    with TestFederation(
+        testfed_tree,
+        endpoints=2,
+        health_period=0.2,
+        max_latency=0.5,
+        https=True,
+        pki=testfed_pki,
+        auth_rules=[],
+    ) as fed:
+        yield fed
+
+
+@pytest.fixture
+def https_testfed(https_testfed_session: TestFederation) -> Iterator[TestFederation]:
+    https_testfed_session.set_auth_rules(HTTPS_RULES)
+    yield https_testfed_session
+    https_testfed_session.set_auth_rules([])
+    https_testfed_session.clear_faults()

@@ -132,6 +132,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="IPv4 address the front end, control API and endpoints listen on (default 127.0.0.1)",
     )
+    p.add_argument(
+        "--https",
+        action="store_true",
+        help="front the federation with Apache httpd + mod_ssl: --port is its "
+        "'SSLVerifyClient require' port",
+    )
+    p.add_argument(
+        "--optional-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="with --https: Apache's 'SSLVerifyClient optional' port, for tokens (default any)",
+    )
+    p.add_argument(
+        "--pki-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --https: the test PKI (CA, host cert, token key); made there if missing "
+        "(default: a new one in the work directory)",
+    )
+    p.add_argument(
+        "--auth-rules",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="Dynafed authorization rules: 'allowusers|allowgroups <DN|user|group> "
+        "<prefix> <modes>' lines (default: allow all)",
+    )
     p.add_argument("--control-port", type=int, default=0, help="control API port (default any)")
     p.add_argument(
         "--control-file",
@@ -188,6 +217,10 @@ def options_from(args: argparse.Namespace) -> FedOptions:
         control_port=args.control_port,
         work_dir=args.work_dir,
         host=args.host,
+        https=args.https,
+        optional_port=args.optional_port,
+        pki_dir=args.pki_dir,
+        auth_rules=args.auth_rules,
     )
 
 
@@ -221,6 +254,10 @@ async def _run(opts: FedOptions, args: argparse.Namespace) -> None:
             print(info["url"], flush=True)
             for ep in info["endpoints"]:
                 print(f"  {ep['name']} ({ep['kind']}): {ep['base_url']}", file=sys.stderr)
+            https = info.get("https")
+            if https:
+                print(f"  optional-cert URL: {https['optional_url']}", file=sys.stderr)
+                print(f"  CA dir: {https['ca_dir']}", file=sys.stderr)
             print(f"  control API: {info['control_url']}", file=sys.stderr, flush=True)
 
     await serve(opts, ready, stop)

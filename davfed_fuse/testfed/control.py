@@ -12,6 +12,8 @@ call returns only once the fault is in effect.
 ``POST /health/check``                      run one checker round now; the online flags
 ``GET  /replica-url?endpoint=&path=``       a URL a client could GET directly (signed)
 ``GET  /bytes-sent?endpoint=``              body bytes served by the endpoint so far
+``GET  /auth-rules``                        ``{"rules": [lines] | null}`` (null: no authorization)
+``PUT  /auth-rules`` ``{"rules": [lines]}``   replace the authorization rules
 ==========================================  ==========================================
 """
 
@@ -34,6 +36,8 @@ class Controlled(Protocol):
     def replica_url(self, index: int, relpath: str) -> str: ...
     def bytes_sent(self, index: int) -> int: ...
     def endpoint_count(self) -> int: ...
+    def auth_rules(self) -> list[str] | None: ...
+    def set_auth_rules(self, lines: list[str]) -> None: ...
 
 
 def _bad(message: str) -> web.Response:
@@ -120,6 +124,22 @@ def control_app(target: Controlled) -> web.Application:
         except FaultError as exc:
             return _bad(str(exc))
         return web.json_response({"bytes": target.bytes_sent(index)})
+
+    @routes.get("/auth-rules")
+    async def get_rules(request: web.Request) -> web.Response:
+        return web.json_response({"rules": target.auth_rules()})
+
+    @routes.put("/auth-rules")
+    async def put_rules(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            lines = body.get("rules") if isinstance(body, dict) else None
+            if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
+                raise FaultError('the body must be {"rules": [lines]}')
+            target.set_auth_rules(lines)
+        except (FaultError, ValueError) as exc:  # RulesError is a ValueError
+            return _bad(str(exc))
+        return web.json_response({"rules": target.auth_rules()})
 
     app = web.Application()
     app.add_routes(routes)

@@ -12,6 +12,12 @@ Owns: the aiohttp application serving ``http://127.0.0.1:PORT/<prefix>/``:
   no Depth or ``infinity``: 403; more than ``maxlistitems`` children: 500.
 * OPTIONS: ``200``, ``DAV: 1,2``; TRACE/TRACK: 403; ``/.well-known/*``: 404;
   POST and other methods: 405.
+* Authorization (with an :class:`~.auth.Authenticator`, HTTPS mode): requests
+  must carry Apache's secret header (else 403); a bad bearer token is 401; GET
+  and HEAD on a file (and ``?metalink``) need ``r``, a listing (PROPFIND Depth 1
+  or GET on a collection) needs ``l``, a stat (PROPFIND Depth 0) is not checked;
+  a denial is 403 with an HTML body. Behind Apache, the ``Link`` header and
+  301s name the HTTPS host the client used.
 
 Replica choice is delegated to a ``locate(relpath, fresh)`` callable; this
 module never looks at endpoints or health itself.
@@ -24,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from aiohttp import web
@@ -37,6 +44,9 @@ from davfed_fuse.testfed.namespace import (
     relpath_of,
     stat_entry,
 )
+
+if TYPE_CHECKING:
+    from davfed_fuse.testfed.auth import Authenticator, Identity
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,7 @@ class FrontEndConfig:
     host: str  # "127.0.0.1:PORT", for the Link header
     maxlistitems: int
     no_replica_status: int
+    https: bool = False  # behind Apache: Link/301 name the Host the client used, https
 
 
 def link_header(host: str, href: str) -> str:
@@ -93,9 +104,12 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 class FrontEnd:
     """Request handling of the federation; stateless apart from its config."""
 
-    def __init__(self, config: FrontEndConfig, locate: Locate) -> None:
+    def __init__(
+        self, config: FrontEndConfig, locate: Locate, auth: Authenticator | None = None
+    ) -> None:
         self._cfg = config
         self._locate = locate
+        self._auth = auth
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -120,9 +134,25 @@ class FrontEnd:
                 headers={"DAV": "1,2", "Allow": ALLOW, "MS-Author-Via": "DAV"},
                 body=b"",
             )
+        who = None
+        if self._auth is not None:
+            if not self._auth.from_apache(request.headers):
+                return _error(403, "Direct access to the back end is not allowed; use HTTPS.")
+            from davfed_fuse.testfed.tokens import TokenError
+
+            try:
+                who = self._auth.identify(request.headers)
+            except TokenError as exc:
+                challenge = f'Bearer error="invalid_token", error_description="{exc}"'
+                return _error(401, f"Invalid bearer token: {exc}", {"WWW-Authenticate": challenge})
         entry = None if relpath is None else stat_entry(self._cfg.data_dir, relpath)
         if entry is None:
             return _error(404, "The requested URL was not found on this server.")
+        mode = self._mode(request, entry)
+        if who is not None and mode is not None and self._auth is not None:
+            path = request.path
+            if not self._auth.allowed(who, path, mode):
+                return self._denied(who, path, mode)
         if method == "PROPFIND":
             return await self._propfind(request, entry)
         if method in ("GET", "HEAD"):
@@ -130,12 +160,40 @@ class FrontEnd:
                 return self._metalink(request, entry)
             if entry.is_dir:
                 return await self._directory(request, entry)
-            return self._redirect(entry)
+            return self._redirect(request, entry)
         return _error(405, f"The requested method {method} is not allowed.", {"Allow": ALLOW})
+
+    # --- authorization ----------------------------------------------------------------------
+
+    @staticmethod
+    def _mode(request: web.Request, entry: Entry) -> str | None:
+        """The mode letter Dynafed checks for this request (None: not checked)."""
+        if request.method == "PROPFIND":
+            depth = request.headers.get("Depth", "infinity").strip()
+            return "l" if depth == "1" and entry.is_dir else None  # a stat is not checked
+        if request.method in ("GET", "HEAD"):
+            if entry.is_dir and "metalink" not in request.query:
+                return "l" if request.rel_url.raw_path.endswith("/") else None  # 301 first
+            return "r"
+        return None
+
+    @staticmethod
+    def _denied(who: Identity, path: str, mode: str) -> web.Response:
+        log.info("denied %s on %s to %s %s", mode, path, who.name, who.fqans)
+        return _error(
+            403,
+            f"Unauthorized operation {mode} on {path} ClientName: {who.name} "
+            f"fqans: {','.join(who.fqans)}",
+        )
+
+    def _public_host(self, request: web.Request) -> str:
+        if self._cfg.https and request.host:
+            return request.host
+        return self._cfg.host
 
     # --- files ------------------------------------------------------------------------------
 
-    def _redirect(self, entry: Entry) -> web.Response:
+    def _redirect(self, request: web.Request, entry: Entry) -> web.Response:
         urls = self._locate(entry.relpath, False)
         if not urls:
             return _error(
@@ -149,7 +207,7 @@ class FrontEnd:
             body=pages.redirect_page(302, location),
             headers={
                 "Location": location,
-                "Link": link_header(self._cfg.host, href),
+                "Link": link_header(self._public_host(request), href),
                 "Content-Type": pages.APACHE_HTML,
             },
         )
@@ -181,7 +239,9 @@ class FrontEnd:
 
     async def _directory(self, request: web.Request, entry: Entry) -> web.StreamResponse:
         if not request.rel_url.raw_path.endswith("/"):
-            location = f"http://{self._cfg.host}{href_of(self._cfg.prefix, entry.relpath, True)}"
+            scheme = "https" if self._cfg.https else "http"
+            href = href_of(self._cfg.prefix, entry.relpath, True)
+            location = f"{scheme}://{self._public_host(request)}{href}"
             return web.Response(
                 status=301,
                 body=pages.redirect_page(301, location),

@@ -8,9 +8,11 @@ child also stops when its stdin closes, it cannot outlive the test process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,9 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
+
+if TYPE_CHECKING:
+    from davfed_fuse.testfed.pki import TestPKI
 
 
 class TestFedError(RuntimeError):
@@ -72,8 +77,17 @@ class TestFederation:
         sign_cache_ttl: float = 600.0,
         startup_timeout: float = 15.0,
         extra_args: Sequence[str] = (),
+        https: bool = False,
+        pki: TestPKI | str | os.PathLike[str] | None = None,
+        auth_rules: Sequence[str] | str | os.PathLike[str] | None = None,
+        optional_port: int = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.https = https
+        self._pki_arg = pki
+        self._rules_arg = auth_rules
+        self._own_dirs: list[Path] = []
+        self.pki: TestPKI | None = None
         args = [
             str(self.data_dir),
             "--port", str(port),
@@ -98,6 +112,10 @@ class TestFederation:
             args.append("--shuffle")
         if seed is not None:
             args += ["--seed", str(seed)]
+        if https:
+            args.append("--https")
+            if optional_port:
+                args += ["--optional-port", str(optional_port)]
         self._args = [*args, *extra_args, "--ready-json", "--watch-stdin"]
         self._startup_timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
@@ -108,14 +126,46 @@ class TestFederation:
 
     # --- lifecycle --------------------------------------------------------------------------
 
+    def _auth_args(self) -> list[str]:
+        """``--pki-dir``/``--auth-rules``; makes the PKI and rules file if they are ours."""
+        args: list[str] = []
+        if self.https:
+            from davfed_fuse.testfed.pki import TestPKI
+
+            if self._pki_arg is None:
+                root = Path(tempfile.mkdtemp(prefix="davfed-testfed-pki-"))
+                self._own_dirs.append(root)
+                self.pki = TestPKI.create(root)
+            elif isinstance(self._pki_arg, TestPKI):
+                self.pki = self._pki_arg
+            else:
+                self.pki = TestPKI.open_or_create(self._pki_arg)
+            args += ["--pki-dir", str(self.pki.root)]
+        rules = self._rules_arg
+        if isinstance(rules, list | tuple):
+            rules_dir = Path(tempfile.mkdtemp(prefix="davfed-testfed-rules-"))
+            self._own_dirs.append(rules_dir)
+            (rules_dir / "rules").write_text("".join(f"{line}\n" for line in rules))
+            args += ["--auth-rules", str(rules_dir / "rules")]
+        elif isinstance(rules, str | os.PathLike):
+            args += ["--auth-rules", os.fspath(rules)]
+        elif rules is not None:
+            raise TypeError("auth_rules: a list of lines or the path of a rules file")
+        return args
+
     def start(self) -> Self:
         """Start the federation process and wait for its ready line."""
+        try:
+            auth_args = self._auth_args()
+        except BaseException:
+            self._remove_own_dirs()
+            raise
         fd, stderr_name = tempfile.mkstemp(prefix="davfed-testfed-", suffix=".log")
         self._stderr_path = Path(stderr_name)
         started = time.monotonic()
         with os.fdopen(fd, "wb") as stderr:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "davfed_fuse.testfed", *self._args],
+                [sys.executable, "-m", "davfed_fuse.testfed", *self._args, *auth_args],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -163,6 +213,7 @@ class TestFederation:
             self._client = None
         proc, self._proc = self._proc, None
         if proc is None:
+            self._remove_own_dirs()
             return None
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -178,7 +229,13 @@ class TestFederation:
         if self._stderr_path is not None:
             self._stderr_path.unlink(missing_ok=True)
             self._stderr_path = None
+        self._remove_own_dirs()
         return proc.returncode
+
+    def _remove_own_dirs(self) -> None:
+        for path in self._own_dirs:
+            shutil.rmtree(path, ignore_errors=True)
+        self._own_dirs.clear()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -199,8 +256,83 @@ class TestFederation:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT/myfed/``."""
+        """``http://127.0.0.1:PORT/myfed/`` (HTTPS mode: Apache's require port, ``https://``)."""
         return str(self.info["url"])
+
+    # --- HTTPS mode -------------------------------------------------------------------------
+
+    def _https(self, key: str) -> Any:
+        https = self.info.get("https")
+        if not https:
+            raise TestFedError("the federation is not in HTTPS mode (https=True)")
+        return https[key]
+
+    @property
+    def require_url(self) -> str:
+        """``https://127.0.0.1:P/myfed/``: Apache with ``SSLVerifyClient require`` (= url)."""
+        return str(self._https("url"))
+
+    @property
+    def optional_url(self) -> str:
+        """``https://127.0.0.1:Q/myfed/``: ``SSLVerifyClient optional`` (tokens, anonymous)."""
+        return str(self._https("optional_url"))
+
+    @property
+    def backend_url(self) -> str:
+        """The aiohttp front end behind Apache (refuses requests that bypass Apache: 403)."""
+        return str(self._https("backend_url"))
+
+    @property
+    def apache_pid(self) -> int:
+        return int(self._https("apache_pid"))
+
+    def apache_pids(self) -> list[int]:
+        """Apache's parent and worker processes alive now (empty once stopped)."""
+        from davfed_fuse.testfed.apache import child_pids
+
+        pid = self.apache_pid
+        alive = [pid] if Path(f"/proc/{pid}").exists() else []
+        return alive + child_pids(pid) if alive else []
+
+    @property
+    def apache_error_log(self) -> Path:
+        return Path(self._https("apache_error_log"))
+
+    @property
+    def apache_access_log(self) -> Path:
+        """One line per request: client, TLS version, SSL_CLIENT_VERIFY, "DN", "request", …"""
+        return Path(self._https("apache_access_log"))
+
+    def auth_rules(self) -> list[str] | None:
+        """The authorization rules in force (None: no authorization configured)."""
+        rules = self._call("GET", "/auth-rules").json()["rules"]
+        return None if rules is None else [str(x) for x in rules]
+
+    def set_auth_rules(self, lines: Sequence[str]) -> None:
+        """Replace the rules now (``[]``: allow everything); raises TestFedError if bad."""
+        self._call("PUT", "/auth-rules", json={"rules": list(lines)})
+
+    def authorization_requests(self, endpoint_index: int) -> int:
+        """Requests that reached a ``dav`` endpoint with an ``Authorization`` header.
+
+        From nginx's access log (its ``auth=1`` field; the header is never logged).
+        """
+        endpoint = self.endpoints[endpoint_index]
+        if endpoint.access_log is None:
+            raise TestFedError(f"{endpoint.name} ({endpoint.kind}) keeps no access log")
+        count = 0
+        for log in (endpoint.access_log, endpoint.access_log.with_name("head-access.log")):
+            with contextlib.suppress(FileNotFoundError):
+                count += sum(
+                    1
+                    for line in log.read_text(errors="replace").splitlines()
+                    if line.rstrip().endswith(" auth=1")
+                )
+        return count
+
+    def saw_authorization(self, endpoint_index: int) -> bool:
+        """Whether any request to that ``dav`` endpoint carried ``Authorization``."""
+        return self.authorization_requests(endpoint_index) > 0
 
     @property
     def port(self) -> int:

@@ -19,7 +19,9 @@ as soon as its flag file exists:
 ``down`` stops nginx (connections refused), ``up`` starts it again on the same
 ports. With a second hop, a "head node" server block answers every request
 with a 302 to the "disk node" block, as DPM/dCache doors do. The access log's
-first field is ``$body_bytes_sent``; the head node logs to its own file.
+first field is ``$body_bytes_sent``, the last ``auth=1`` if the request carried an
+``Authorization`` header (``auth=0`` if not; the header itself is never logged);
+the head node logs to its own file.
 
 nginx runs in the foreground (``daemon off``) as a child of the test
 federation, with ``PR_SET_PDEATHSIG`` so it never outlives it.
@@ -132,8 +134,13 @@ http {{
         text/html html htm;
         text/plain txt;
     }}
+    map $http_authorization $testfed_authorization {{
+        default 1;
+        "" 0;
+    }}
     log_format testfed
-        '$body_bytes_sent $status $request_time "$request" "$http_range" $connection';
+        '$body_bytes_sent $status $request_time "$request" "$http_range" $connection '
+        'auth=$testfed_authorization';
     access_log {w}/access.log testfed;
     client_body_temp_path {w}/tmp/body;
     proxy_temp_path {w}/tmp/proxy;

@@ -42,6 +42,10 @@ class FedOptions:
     control_port: int = 0
     work_dir: Path | None = None
     host: str = "127.0.0.1"  # the IPv4 address every server listens on
+    https: bool = False  # Apache with mod_ssl in front (port: its "require" port)
+    optional_port: int = 0  # HTTPS mode: Apache's "SSLVerifyClient optional" port
+    pki_dir: Path | None = None  # HTTPS mode: the test PKI (made here if missing)
+    auth_rules: Path | None = None  # allowusers/allowgroups lines
 
     @property
     def endpoint_kinds(self) -> tuple[str, ...]:
@@ -96,3 +100,9 @@ class FedOptions:
             raise OptionsError(f"--host {self.host!r} is not an IPv4 address") from None
         if self.maxlistitems < 0:
             raise OptionsError("--maxlistitems must not be negative")
+        if not self.https and (self.pki_dir is not None or self.optional_port):
+            raise OptionsError("--pki-dir and --optional-port need --https")
+        if not 0 <= self.optional_port <= 65535:
+            raise OptionsError("ports must be between 0 and 65535")
+        if self.auth_rules is not None and not self.auth_rules.is_file():
+            raise OptionsError(f"--auth-rules {self.auth_rules} is not a file")

@@ -6,6 +6,11 @@ lifecycle in one ``try/finally``: the front end, the control API, the nginx
 fault server and every endpoint are started, the ready document is handed to
 ``ready``, and on the stop event all of it is stopped again (nginx included)
 and the work directory removed.
+
+In HTTPS mode (``opts.https``) the aiohttp front end listens on a private port
+and only answers requests carrying a per-run secret; Apache (``apache.py``)
+listens on the public ports and adds that secret and the client's certificate
+chain; ``auth.py`` turns those into an identity for the rules.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import errno
 import logging
 import os
 import random
+import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -41,6 +47,11 @@ from davfed_fuse.testfed.storage import (
     listen_socket,
 )
 
+if TYPE_CHECKING:
+    from davfed_fuse.testfed.apache import ApacheFrontEnd
+    from davfed_fuse.testfed.auth import Authenticator
+    from davfed_fuse.testfed.pki import TestPKI
+
 log = logging.getLogger(__name__)
 
 
@@ -58,6 +69,7 @@ class Federation:
         self._rng = random.Random(opts.seed)
         self._sign_cache: dict[tuple[int, str], tuple[str, float]] = {}
         self._info: dict[str, Any] = {}
+        self.auth: Authenticator | None = None
 
     # --- what the front end needs -----------------------------------------------------------
 
@@ -157,6 +169,17 @@ class Federation:
     def bytes_sent(self, index: int) -> int:
         return self.endpoints[index].bytes_sent()
 
+    def auth_rules(self) -> list[str] | None:
+        return None if self.auth is None else self.auth.rules.lines()
+
+    def set_auth_rules(self, lines: list[str]) -> None:
+        """Replace the rules (raises ``RulesError``; ``FaultError`` without authorization)."""
+        if self.auth is None:
+            raise FaultError("authorization needs --https or --auth-rules")
+        from davfed_fuse.testfed.auth import Rules
+
+        self.auth.rules = Rules.parse(lines)
+
 
 def _bind(port: int, what: str, address: str) -> Any:
     try:
@@ -168,7 +191,10 @@ def _bind(port: int, what: str, address: str) -> Any:
 
 
 async def _start_app(app: web.Application, sock: Any) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    # Apache forwards client certificate chains in headers: allow large ones.
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=0.5, handler_args={"max_field_size": 1 << 16}
+    )
     await runner.setup()
     await web.SockSite(runner, sock).start()
     return runner
@@ -200,6 +226,54 @@ def _make_endpoints(
     return endpoints
 
 
+def _make_auth(
+    opts: FedOptions, work_dir: Path, secret: str
+) -> tuple[Authenticator, TestPKI | None]:
+    """The authenticator (and in HTTPS mode the PKI); imports ``cryptography`` only here."""
+    try:
+        from cryptography import x509
+
+        from davfed_fuse.testfed.auth import Authenticator, Rules, RulesError
+        from davfed_fuse.testfed.pki import PKIError, TestPKI
+    except ImportError as exc:
+        raise StartupError(
+            f"authorization needs the cryptography package ({exc}); pip install 'davfed[test]'"
+        ) from None
+    try:
+        rules = Rules.load(opts.auth_rules) if opts.auth_rules is not None else Rules()
+        if not opts.https:
+            return Authenticator(rules), None
+        pki = TestPKI.open_or_create(opts.pki_dir or work_dir / "pki")
+        voms = x509.load_pem_x509_certificate(pki.voms_cert.read_bytes())
+        auth = Authenticator(rules, secret=secret, token_key=pki.token_key(), trusted_voms=[voms])
+    except (RulesError, PKIError, OSError) as exc:
+        raise StartupError(str(exc)) from None
+    return auth, pki
+
+
+async def _start_apache(
+    opts: FedOptions, work_dir: Path, pki: TestPKI, backend_port: int, secret: str
+) -> ApacheFrontEnd:
+    from davfed_fuse.testfed.apache import ApacheError, ApacheFrontEnd
+
+    try:
+        apache = ApacheFrontEnd(
+            work_dir / "apache",
+            address=opts.host,
+            backend_port=backend_port,
+            secret=secret,
+            ca_dir=pki.ca_dir,
+            host_cert=pki.host_cert,
+            host_key=pki.host_key,
+            require_port=opts.port,
+            optional_port=opts.optional_port,
+        )
+        await apache.start()
+    except ApacheError as exc:
+        raise StartupError(str(exc)) from None
+    return apache
+
+
 async def serve(
     opts: FedOptions,
     ready: Callable[[dict[str, Any]], None],
@@ -213,7 +287,15 @@ async def serve(
     opts.check()
     if "dav" in opts.endpoint_kinds:
         find_nginx()
-    front_sock = _bind(opts.port, "federation", opts.host)
+    if opts.https:
+        from davfed_fuse.testfed.apache import ApacheError, find_apache
+
+        try:
+            find_apache()
+        except ApacheError as exc:
+            raise StartupError(str(exc)) from None
+    # HTTPS mode: the aiohttp front end is Apache's private back end on any free port.
+    front_sock = _bind(0 if opts.https else opts.port, "federation", opts.host)
     control_sock = None
     work_dir = opts.work_dir or Path(tempfile.mkdtemp(prefix="davfed-testfed-"))
     own_work_dir = opts.work_dir is None
@@ -222,7 +304,13 @@ async def serve(
     fault_server: FaultServer | None = None
     health: HealthChecker | None = None
     health_task: asyncio.Task[None] | None = None
+    apache: ApacheFrontEnd | None = None
+    secret = secrets.token_urlsafe(32)
     try:
+        auth: Authenticator | None = None
+        pki: TestPKI | None = None
+        if opts.https or opts.auth_rules is not None:
+            auth, pki = _make_auth(opts, work_dir, secret)
         control_sock = _bind(opts.control_port, "control", opts.host)
         if "dav" in opts.endpoint_kinds:
             fault_server = FaultServer(opts.data_dir)
@@ -235,6 +323,7 @@ async def serve(
         health = HealthChecker(endpoints, opts.health_period, opts.max_latency)
         await health.check_once()
         federation = Federation(opts, endpoints, health)
+        federation.auth = auth
         port = int(front_sock.getsockname()[1])
         front = FrontEnd(
             FrontEndConfig(
@@ -243,21 +332,45 @@ async def serve(
                 host=f"{opts.host}:{port}",
                 maxlistitems=opts.maxlistitems,
                 no_replica_status=opts.no_replica_status,
+                https=opts.https,
             ),
             federation.locate,
+            auth,
         )
         runners.append(await _start_app(front.app(), front_sock))
+        url = f"http://{opts.host}:{port}{opts.url_prefix}/"
+        https_info: dict[str, Any] | None = None
+        if opts.https:
+            assert pki is not None
+            apache = await _start_apache(opts, work_dir, pki, port, secret)
+            url = f"https://{opts.host}:{apache.require_port}{opts.url_prefix}/"
+            https_info = {
+                "url": url,
+                "port": apache.require_port,
+                "optional_url": f"https://{opts.host}:{apache.optional_port}{opts.url_prefix}/",
+                "optional_port": apache.optional_port,
+                "backend_url": f"http://{opts.host}:{port}{opts.url_prefix}/",
+                "apache_pid": apache.pid,
+                "apache_conf": str(apache.conf),
+                "apache_error_log": str(apache.error_log),
+                "apache_access_log": str(apache.access_log),
+                "pki_dir": str(pki.root),
+                "ca_dir": str(pki.ca_dir),
+                "ca_cert": str(pki.ca_cert),
+            }
         runners.append(await _start_app(control_app(federation), control_sock))
         health_task = asyncio.create_task(health.run())
         info = {
-            "url": f"http://{opts.host}:{port}{opts.url_prefix}/",
-            "port": port,
+            "url": url,
+            "port": apache.require_port if apache is not None else port,
             "prefix": opts.url_prefix,
             "control_url": f"http://{opts.host}:{control_sock.getsockname()[1]}/",
             "pid": os.getpid(),
             "data_dir": str(opts.data_dir.resolve()),
             "work_dir": str(work_dir),
             "endpoints": [e.info.to_json() for e in endpoints],
+            "https": https_info,
+            "auth_rules": federation.auth_rules(),
         }
         federation.set_info(info)
         ready(info)
@@ -267,6 +380,8 @@ async def serve(
             health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await health_task
+        if apache is not None:
+            await apache.stop()
         for runner in reversed(runners):
             await runner.cleanup()
         await asyncio.gather(*(e.stop() for e in endpoints), return_exceptions=True)
