@@ -401,15 +401,17 @@ class TestPKI:
         ``voms`` (default: the user has FQANs, or ``fqans`` is given) makes it with
         ``voms-proxy-fake`` carrying ``fqans`` (default: the user's); otherwise it is a
         plain ``grid-proxy-init -rfc`` proxy. ``expired`` makes one whose validity ended
-        an hour ago (``voms-proxy-fake -pastproxy``). Without ``out`` the file is
-        ``proxies/<name>-<kind>.pem`` and is made once, then reused.
+        an hour ago (``voms-proxy-fake -pastproxy``; FQANs only if ``voms``). Without
+        ``out`` the file is ``proxies/<name>-<kind>.pem`` (kind ``plain``, ``voms``,
+        ``expired-plain``, ``expired-voms``), made once, then reused; with ``out`` it is
+        made anew and renamed over ``out`` atomically (a renewal, as cron would do).
         """
         user = self.user(name)
         chosen = tuple(fqans) if fqans is not None else user.fqans
         use_voms = bool(chosen) or expired if voms is None else voms
         if use_voms and not chosen and not expired:
             raise PKIError(f"a VOMS proxy of {name} needs fqans")
-        kind = "expired" if expired else ("voms" if use_voms else "plain")
+        kind = ("expired-" if expired else "") + ("voms" if use_voms else "plain")
         cached = out is None and fqans is None and hours == 12
         path = Path(out) if out is not None else self.root / "proxies" / f"{name}-{kind}.pem"
         if out is None and not cached:
@@ -417,12 +419,17 @@ class TestPKI:
         if cached and path.exists():
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        if use_voms or expired:
-            self._voms_proxy(user, chosen, hours, expired, path)
-        else:
-            self._grid_proxy(user, hours, path)
-        os.chmod(path, 0o600)
+        # Made beside the target, then renamed over it: a reader never sees half a proxy.
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            if use_voms or expired:
+                self._voms_proxy(user, chosen if use_voms else (), hours, expired, tmp)
+            else:
+                self._grid_proxy(user, hours, tmp)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def _grid_proxy(self, user: User, hours: int, path: Path) -> None:
@@ -509,10 +516,14 @@ class TestPKI:
         """:meth:`token` written to a 0600 file (``tokens/<name>.jwt`` unless ``out``)."""
         path = Path(out) if out is not None else self.root / "tokens" / f"{name}.jwt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.token(name, **options) + "\n")
-        os.chmod(path, 0o600)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.token(name, **options) + "\n")
+            os.replace(tmp, path)  # atomically, as htgettoken/credmon renew tokens
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def make_all(self) -> dict[str, Any]:

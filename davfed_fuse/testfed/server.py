@@ -192,9 +192,7 @@ def _bind(port: int, what: str, address: str) -> Any:
 
 async def _start_app(app: web.Application, sock: Any) -> web.AppRunner:
     # Apache forwards client certificate chains in headers: allow large ones.
-    runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=0.5, handler_args={"max_field_size": 1 << 16}
-    )
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, max_field_size=1 << 16)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     return runner

@@ -362,3 +362,80 @@ def test_handle_makes_its_own_pki(testfed_tree: Path) -> None:
         assert any(fed.pki.ca_dir.glob("*.0"))
         assert status(fed, "hello.txt", *with_proxy(fed.pki, "alice")) == 302
     assert not root.exists()
+
+
+def test_many_fqans_fit_through_apache(https_testfed: TestFederation, testfed_pki: TestPKI) -> None:
+    # A big attribute certificate makes the forwarded chain header large (> 8 KiB).
+    fqans = [f"/belle/group{i:03d}/Role=NULL/Capability=NULL" for i in range(150)]
+    fqans.append("/belle/production/Role=NULL/Capability=NULL")
+    proxy = testfed_pki.proxy("bob", fqans=fqans)
+    assert proxy.stat().st_size > 12000
+    assert status(https_testfed, "data/block.bin", "-E", str(proxy)) == 302
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def test_cli_https_mode(testfed_tree: Path, tmp_path: Path) -> None:
+    from tests.testfed.test_cli import DAVFED, children
+
+    rules = tmp_path / "rules"
+    rules.write_text("# only alice's VO\nglb.allowgroups[]: /belle/production /myfed/ rl\n")
+    pki_dir = tmp_path / "pki"
+    proc = subprocess.Popen(
+        [*DAVFED, "testfed", str(testfed_tree), "--port", "0", "--endpoints", "1", "--https",
+         "--pki-dir", str(pki_dir), "--auth-rules", str(rules)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("https://127.0.0.1:") and url.endswith("/myfed/")
+        notes = "".join(proc.stderr.readline() for _ in range(4))
+        assert "optional-cert URL: https://127.0.0.1:" in notes
+        assert f"CA dir: {pki_dir}/certificates" in notes
+        pki = TestPKI.open(pki_dir)
+        for name, expected in (("alice", "302"), ("bob", "403")):
+            result = curl("-E", str(pki.proxy(name)), url + "hello.txt", capath=pki.ca_dir)
+            assert result.stdout == expected, result.stderr
+        descendants = children(proc.pid)
+        assert len(descendants) >= 3  # nginx, apache2 and its worker(s)
+        proc.kill()  # even SIGKILL leaves nothing behind (PR_SET_PDEATHSIG)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            left = [p for p in descendants if Path(f"/proc/{p}").exists()]
+            if not left:
+                break
+            time.sleep(0.05)
+        assert not left, [Path(f"/proc/{p}/cmdline").read_bytes() for p in left]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pki-dir", "/tmp"], "need --https"),
+        (["--https", "--auth-rules", "/nonexistent/rules"], "is not a file"),
+    ],
+)
+def test_cli_https_bad_input(testfed_tree: Path, args: list[str], message: str) -> None:
+    from tests.testfed.test_cli import fail
+
+    assert message in fail(str(testfed_tree), "--port", "0", *args)
+
+
+def test_cli_bad_rules_file(testfed_tree: Path, tmp_path: Path) -> None:
+    from tests.testfed.test_cli import fail
+
+    rules = tmp_path / "rules"
+    rules.write_text("allowusers alice /myfed/ rz\n")
+    assert "modes are letters of rwldc" in fail(
+        str(testfed_tree), "--port", "0", "--https", "--auth-rules", str(rules)
+    )
