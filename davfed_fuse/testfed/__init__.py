@@ -25,18 +25,36 @@ which runs it in its own process::
         fed.state(), fed.online()     # health and faults as the federation sees them
         # async (trio/asyncio) variants: afault, aclear_faults, await_health
 
+HTTPS mode (``https=True``; see ``docs/testfed.md``): a real Apache httpd with
+mod_ssl and mod_gridsite in front, a test PKI with grid proxies and tokens, and
+Dynafed's authorization rules::
+
+    with TestFederation(data_dir, https=True, pki=None, auth_rules=[
+            "glb.allowgroups[]: /belle* /myfed/ rl"]) as fed:
+        fed.url                       # "https://127.0.0.1:P/myfed/" (SSLVerifyClient require)
+        fed.optional_url              # "https://127.0.0.1:Q/myfed/" (optional: tokens)
+        fed.pki.ca_dir                # hashed CA dir (X509_CERT_DIR / --capath)
+        fed.pki.proxy("alice")        # VOMS proxy file (voms-proxy-fake); voms=False:
+                                      # grid-proxy-init; expired=True; out=path
+        fed.pki.token("alice", groups=["/belle"])   # HS256 JWT for Authorization: Bearer
+        fed.set_auth_rules([...]); fed.saw_authorization(0)
+
 Constructor options: ``endpoints``, ``kinds`` (one per endpoint), ``prefix``,
 ``port``, ``health_period``, ``max_latency``, ``maxlistitems``,
 ``no_replica_status`` (404/503), ``second_hop`` (True or indices),
 ``geo_rank`` (one rank per endpoint, lowest first), ``shuffle``/``seed``,
-``signature_validity``, ``sign_cache_ttl``, ``extra_args``.
+``signature_validity``, ``sign_cache_ttl``, ``extra_args``, ``https``, ``pki``
+(a ``TestPKI`` or its directory; None: a new one), ``auth_rules`` (lines or a
+file), ``optional_port``.
 
 Module map: ``cli`` (command line), ``server`` (lifecycle, replica choice),
 ``frontend`` (the Dynafed front end), ``propfind``/``metalink``/``pages``
 (what it writes), ``namespace`` (DATA_DIR as a federation), ``health``
 (checker, ordering), ``storage`` (signed endpoints, fault server), ``nginx``
 (dav endpoints), ``signing``, ``ranges``, ``faults``, ``control`` (the
-control API), ``handle`` (this handle). ``docs/testfed.md`` has the details.
+control API), ``handle`` (this handle); HTTPS mode: ``apache`` (Apache httpd),
+``auth`` (identity, VOMS ACs, rules), ``pki`` (test CA, proxies), ``tokens``.
+``docs/testfed.md`` has the details.
 """
 
 from davfed_fuse.testfed.faults import FAULT_KINDS
