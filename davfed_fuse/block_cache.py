@@ -324,6 +324,10 @@ class BlockCache:
         h = url_hash(ident.url)
         return self._idents.get(h) == ident and (h, index) in self._lru
 
+    def is_pending(self, ident: FileIdentity, index: int) -> bool:
+        """True if block ``index`` of this identity is being fetched right now."""
+        return (ident, index) in self._flights
+
     def stats(self) -> CacheStats:
         """Current size and counters (counters persist across restarts)."""
         c = self._counters
@@ -549,8 +553,11 @@ class BlockCache:
             for flight, block in zip(flights, blocks, strict=True):
                 flight.data = block
                 flight.event.set()  # waiters are served from memory while we store
-            for k, block in enumerate(blocks, first):
-                await self._store(ident, h, k, block)
+            # Fetched bytes are stored even if the fetch's caller is cancelled meanwhile
+            # (a reader closed its file): throwing them away costs another download.
+            with trio.CancelScope(shield=True):
+                for k, block in enumerate(blocks, first):
+                    await self._store(ident, h, k, block)
             return blocks
         except Exception as exc:
             if not prefetch:

@@ -539,13 +539,20 @@ class RichReporter(Reporter):
             )
 
     def failed(self, failure: Failure) -> None:
+        # soft_wrap: a long path stays on one line (copyable, greppable), never re-wrapped.
         self.console.print(
-            f"{self.PREFIX}{failure.line()}", style="red", markup=False, highlight=False
+            f"{self.PREFIX}{failure.line()}",
+            style="red",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
 
     def finish(self, summary: Summary) -> None:
         self.progress.stop()
-        self.console.print(f"{self.PREFIX}{summary.line()}", markup=False, highlight=False)
+        self.console.print(
+            f"{self.PREFIX}{summary.line()}", markup=False, highlight=False, soft_wrap=True
+        )
 
 
 def choose_reporter(

@@ -81,6 +81,11 @@ class ReadaheadPolicy:
         self._ahead = max(start, min(sp.last + 1 + self.window, self.blocks))
         return range(start, self._ahead)
 
+    @property
+    def streaming(self) -> bool:
+        """Whether the last read continued a sequential stream (read-ahead is running)."""
+        return self._streaming
+
     def retract(self, first: int) -> None:
         """The caller did not prefetch blocks ``first`` onwards: offer them again later."""
         self._ahead = min(self._ahead, first)
@@ -119,13 +124,17 @@ class FileReader:
         self._closed = False
         self.prefetch_failures = 0
         self.prefetched_blocks = 0
+        self._reads = 0
 
     async def read(self, offset: int, size: int) -> Buffer:
         """Return up to ``size`` bytes at ``offset`` (fewer only at EOF).
 
         Raises and cancellation: as :meth:`BlockCache.read`.
         """
+        first_read = self._reads == 0
+        self._reads += 1
         wanted = self.policy.on_read(offset, size)
+        direct = self._answer_directly(offset, size, first_read)
         if wanted and not self._closed:
             # At most a window of blocks in flight for this reader (memory stays bounded);
             # what does not fit is offered again by the policy on a later read.
@@ -136,7 +145,34 @@ class FileReader:
             step = self.cache.max_run_blocks  # one task per fetcher call, for exact accounting
             for i in range(0, len(wanted), step):
                 self._start_prefetch(wanted[i : i + step])
+        if direct is not None:
+            # Fill the cache with the blocks of this read in the background.
+            self._start_prefetch(direct, speculative=False)
+            end = min(offset + size, self.ident.size)
+            return await self._fetch(offset, end)
         return await self.cache.read(self.ident, offset, size, self._fetch)
+
+    def _answer_directly(self, offset: int, size: int, first_read: bool) -> range | None:
+        """The blocks of this read, if it is to be answered by a ranged GET of just its bytes.
+
+        A read that starts a file, or jumps to a random place, should not wait for
+        whole blocks (4 MiB by default: several round trips on a long link while
+        TCP's window opens). When none of its blocks is cached or being fetched,
+        its own bytes are fetched directly and its blocks go to the cache in the
+        background. Small files and sequential reads go through the cache.
+        """
+        if self.ident.size <= self.cache.block_size or self._closed:
+            return None
+        if not first_read and self.policy.streaming:
+            return None
+        sp = blockmath.span(offset, size, self.ident.size, self.cache.block_size)
+        if sp is None:
+            return None
+        blocks = range(sp.first, sp.last + 1)
+        for k in blocks:
+            if self.cache.is_cached(self.ident, k) or self.cache.is_pending(self.ident, k):
+                return None
+        return blocks
 
     def close(self) -> None:
         """Stop this reader's prefetches (blocks already fetched are still stored)."""
@@ -144,9 +180,12 @@ class FileReader:
         for scope in self._scopes:
             scope.cancel()
 
-    def _start_prefetch(self, blocks: range) -> None:
+    def _start_prefetch(self, blocks: range, *, speculative: bool = True) -> None:
+        """Fetch ``blocks`` in the background. Closing the file cancels speculative
+        fetches (read-ahead), not the fills of blocks a read has already used."""
         scope = trio.CancelScope()
-        self._scopes.add(scope)
+        if speculative:
+            self._scopes.add(scope)
         self._inflight += len(blocks)
         self._nursery.start_soon(self._prefetch, blocks, scope)
 

@@ -98,8 +98,12 @@ async def test_file_reader_prefetches_sequential_reads(
             out += chunk
         elapsed = trio.current_time() - start
     assert bytes(out) == data
-    # One fetch per block; most came from read-ahead (this reader is infinitely fast, so
-    # it sometimes catches up with a full window and fetches a block itself).
+    # The first read is answered by a ranged GET of just its bytes (no waiting for a
+    # whole block); then one fetch per block, most from read-ahead (this reader is
+    # infinitely fast, so it sometimes catches up with a full window and fetches a
+    # block itself).
+    assert fetch.calls[0] == (0, 300)
+    fetch.calls.pop(0)
     assert sorted(fetch.blocks_fetched()) == list(range(65))
     assert reader.prefetched_blocks >= 50 and reader.prefetch_failures == 0
     # Sequential one-block fetches would take 65 x 50 ms; read-ahead overlaps them.
@@ -144,7 +148,7 @@ async def test_failed_prefetch_does_not_fail_the_read(make_cache: MakeCache) -> 
     assert good.calls.count((BS, 2 * BS)) == 1
 
 
-async def test_close_cancels_prefetches(
+async def test_close_cancels_read_ahead_but_not_fills(
     make_cache: MakeCache, autojump_clock: trio.abc.Clock
 ) -> None:
     data = make_source(8 * BS)
@@ -156,10 +160,14 @@ async def test_close_cancels_prefetches(
         with trio.move_on_after(1):
             await reader.read(0, 10)
         await trio.testing.wait_all_tasks_blocked()
-        assert reader._inflight == 1
+        assert reader._inflight == 2  # block 0 (for the cache) and block 1 (read-ahead)
         reader.close()
+        await trio.testing.wait_all_tasks_blocked()
+        # The read-ahead is gone; the fill of block 0, which the read used, goes on.
+        assert reader._inflight == 1
+        assert cache.is_pending(ident, 0) and not cache.is_pending(ident, 1)
+        assert trio.current_time() < 10
     assert reader._inflight == 0 and not cache._flights
-    assert trio.current_time() < 10
 
 
 @pytest.mark.parametrize("max_bytes", [BS, 3 * BS])
@@ -168,3 +176,44 @@ def test_window_never_exceeds_max(max_bytes: int) -> None:
     issued = sequential(policy, 1000 * BS, BS // 3)
     assert policy.initial_blocks <= policy.max_blocks == max_bytes // BS
     assert max(len(r) for r in issued) <= policy.max_blocks
+
+
+async def test_a_first_or_random_read_does_not_wait_for_whole_blocks(
+    make_cache: MakeCache,
+) -> None:
+    data = make_source(16 * BS)
+    ident = ident_for(data)
+    fetch = FakeFetcher(data, delay=0.01)  # real time: block stores run in threads
+    cache = make_cache()
+    async with trio.open_nursery() as nursery:
+        reader = FileReader(cache, ident, fetch, nursery, trio.CapacityLimiter(4))
+        assert bytes(await reader.read(0, 1000)) == data[:1000]
+        assert fetch.calls[0] == (0, 1000)
+        # A random read elsewhere: its own bytes first, its block for the cache after.
+        assert bytes(await reader.read(9 * BS + 5, 100)) == data[9 * BS + 5 : 9 * BS + 105]
+        assert (9 * BS + 5, 9 * BS + 105) in fetch.calls
+        with trio.fail_after(10):  # the background stores run in worker threads
+            while not (cache.is_cached(ident, 9) and cache.is_cached(ident, 0)):
+                await trio.sleep(0.01)
+        calls = len(fetch.calls)
+        # Read again: from the cache, no request.
+        assert bytes(await reader.read(9 * BS + 5, 100)) == data[9 * BS + 5 : 9 * BS + 105]
+        assert len(fetch.calls) == calls
+        reader.close()
+
+
+async def test_blocks_fetched_before_close_are_still_stored(
+    make_cache: MakeCache, autojump_clock: trio.abc.Clock
+) -> None:
+    data = make_source(4 * BS)
+    ident = ident_for(data)
+    fetch = FakeFetcher(data)
+    cache = make_cache()
+    async with trio.open_nursery() as nursery:
+        reader = FileReader(cache, ident, fetch, nursery, trio.CapacityLimiter(4))
+        await reader.read(0, BS)
+        # Let the background fetches finish; their stores now wait on worker threads.
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(fetch.blocks_fetched()[1:]) == [0, 1] and not cache.is_cached(ident, 0)
+        reader.close()  # while the blocks are being written
+    assert cache.is_cached(ident, 0) and cache.is_cached(ident, 1)

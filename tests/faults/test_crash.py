@@ -81,6 +81,9 @@ def test_a_corrupted_block_is_fetched_again_not_served(
     cache = tmp_path / "cache"
     mnt = mounter(fed.url, "-o", f"cache_dir={cache}")
     assert (mnt / "input.root").read_bytes() == expected
+    deadline = time.monotonic() + 10  # blocks read directly are stored in the background
+    while len(block_files(cache)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
     subprocess.run(["umount", str(mnt)], check=True)
     blocks = block_files(cache)
     assert len(blocks) == 4
