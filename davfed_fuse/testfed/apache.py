@@ -285,18 +285,19 @@ class ApacheFrontEnd:
             ApacheError: it exited, or did not listen within ``timeout`` seconds.
         """
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        fixed = self.require_port != 0 and self.optional_port != 0
-        for attempt in range(1 if fixed else 5):
-            if self.require_port == 0 or (attempt and not fixed):
+        pick_require, pick_optional = self.require_port == 0, self.optional_port == 0
+        attempts = 5 if pick_require or pick_optional else 1
+        for attempt in range(attempts):
+            if pick_require:
                 self.require_port = _free_port(self._address)
-            if self.optional_port == 0 or (attempt and not fixed):
+            if pick_optional:
                 self.optional_port = _free_port(self._address)
             self._write_config()
             try:
                 await self._launch(timeout)
                 return
-            except ApacheError as exc:
-                if "in use" not in str(exc) or fixed or attempt == 4:
+            except ApacheError as exc:  # a free port taken meanwhile: try others
+                if "in use" not in str(exc) or attempt == attempts - 1:
                     raise
 
     async def _launch(self, timeout: float) -> None:
@@ -325,10 +326,13 @@ class ApacheFrontEnd:
         while True:
             if self._proc.poll() is not None:
                 self._proc = None
-                tail = self._error_tail()
-                if "Address already in use" in tail:
-                    raise ApacheError(f"apache2: a port is already in use ({tail})")
-                raise ApacheError(f"apache2 failed: {tail}")
+                with contextlib.suppress(OSError):
+                    if "Address already in use" in (self.work_dir / "stderr.log").read_text():
+                        raise ApacheError(
+                            f"apache2: port {self.require_port} or {self.optional_port} "
+                            "is already in use"
+                        )
+                raise ApacheError(f"apache2 failed: {self._error_tail()}")
             if _accepting(self._address, self.require_port) and _accepting(
                 self._address, self.optional_port
             ):

@@ -393,6 +393,7 @@ class TestPKI:
         voms: bool | None = None,
         fqans: Sequence[str] | None = None,
         hours: int = 12,
+        seconds: int | None = None,
         expired: bool = False,
         out: str | os.PathLike[str] | None = None,
     ) -> Path:
@@ -400,19 +401,30 @@ class TestPKI:
 
         ``voms`` (default: the user has FQANs, or ``fqans`` is given) makes it with
         ``voms-proxy-fake`` carrying ``fqans`` (default: the user's); otherwise it is a
-        plain ``grid-proxy-init -rfc`` proxy. ``expired`` makes one whose validity ended
-        an hour ago (``voms-proxy-fake -pastproxy``; FQANs only if ``voms``). Without
-        ``out`` the file is ``proxies/<name>-<kind>.pem`` (kind ``plain``, ``voms``,
-        ``expired-plain``, ``expired-voms``), made once, then reused; with ``out`` it is
-        made anew and renamed over ``out`` atomically (a renewal, as cron would do).
+        plain ``grid-proxy-init -rfc`` proxy, valid ``hours``. ``seconds`` makes one
+        that expires that many seconds from now, and ``expired`` one whose validity
+        ended an hour ago; both come from ``voms-proxy-fake -pastproxy`` (with FQANs
+        only if ``voms``). Without ``out`` the file is ``proxies/<name>-<kind>.pem``
+        (kind ``plain``, ``voms``, ``expired-plain``, ``expired-voms``), made once,
+        then reused; with ``out`` it is made anew and renamed over ``out``
+        atomically (a renewal, as cron would do).
         """
         user = self.user(name)
         chosen = tuple(fqans) if fqans is not None else user.fqans
-        use_voms = bool(chosen) or expired if voms is None else voms
-        if use_voms and not chosen and not expired:
+        use_voms = bool(chosen) if voms is None else voms
+        if use_voms and not chosen:
             raise PKIError(f"a VOMS proxy of {name} needs fqans")
+        past = 0
+        if expired:  # valid for one hour, starting two hours ago
+            hours, past = 1, 7200
+        elif seconds is not None:
+            if seconds <= 0:
+                raise PKIError("seconds must be positive (expired=True for an expired proxy)")
+            hours = max(1, -(-seconds // 3600))
+            past = hours * 3600 - seconds
         kind = ("expired-" if expired else "") + ("voms" if use_voms else "plain")
-        cached = out is None and fqans is None and hours == 12
+        cached = out is None and fqans is None and hours == 12 and seconds is None
+        cached = cached or (out is None and fqans is None and expired)
         path = Path(out) if out is not None else self.root / "proxies" / f"{name}-{kind}.pem"
         if out is None and not cached:
             path = self.root / "proxies" / f"{name}-{kind}-{secrets.token_hex(4)}.pem"
@@ -422,8 +434,8 @@ class TestPKI:
         # Made beside the target, then renamed over it: a reader never sees half a proxy.
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:
-            if use_voms or expired:
-                self._voms_proxy(user, chosen if use_voms else (), hours, expired, tmp)
+            if use_voms or past:
+                self._voms_proxy(user, chosen if use_voms else (), hours, past, tmp)
             else:
                 self._grid_proxy(user, hours, tmp)
             os.chmod(tmp, 0o600)
@@ -449,7 +461,7 @@ class TestPKI:
         )  # fmt: skip
 
     def _voms_proxy(
-        self, user: User, fqans: Sequence[str], hours: int, expired: bool, path: Path
+        self, user: User, fqans: Sequence[str], hours: int, past: int, path: Path
     ) -> None:
         argv = [
             _tool("voms-proxy-fake"),
@@ -467,11 +479,9 @@ class TestPKI:
         ]  # fmt: skip
         for fqan in fqans:
             argv += ["-fqan", fqan]
-        if expired:
-            # Valid for one hour, starting two hours ago: it expired an hour ago.
-            argv += ["-hours", "1", "-vomslife", "1", "-pastproxy", "2:00", "-pastac", "2:00"]
-        else:
-            argv += ["-hours", str(hours), "-vomslife", str(hours)]
+        argv += ["-hours", str(hours), "-vomslife", str(hours)]
+        if past:  # the validity starts that many seconds ago
+            argv += ["-pastproxy", str(past), "-pastac", str(past)]
         _run(argv, env=self.env())
 
     # --- tokens ---------------------------------------------------------------------------

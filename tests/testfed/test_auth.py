@@ -190,6 +190,8 @@ def test_proxy_renewal_replaces_the_file(pki: TestPKI, tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["x509up_u0"]
     expired = load_chain(pki.proxy("bob", expired=True, voms=False))[0]
     assert expired.not_valid_after_utc.timestamp() < time.time() - 1800
+    short = load_chain(pki.proxy("bob", seconds=30))[0]
+    assert abs(short.not_valid_after_utc.timestamp() - (time.time() + 30)) < 5
 
 
 @needs_https

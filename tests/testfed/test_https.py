@@ -439,3 +439,26 @@ def test_cli_bad_rules_file(testfed_tree: Path, tmp_path: Path) -> None:
     assert "modes are letters of rwldc" in fail(
         str(testfed_tree), "--port", "0", "--https", "--auth-rules", str(rules)
     )
+
+
+def test_cli_https_port_in_use(testfed_tree: Path) -> None:
+    import socket
+
+    from tests.testfed.test_cli import fail
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        message = fail(str(testfed_tree), "--port", str(port), "--endpoints", "1", "--https")
+    assert f"port {port}" in message and "already in use" in message
+
+
+def test_proxy_expiring_while_in_use(https_testfed: TestFederation, testfed_pki: TestPKI) -> None:
+    proxy = testfed_pki.proxy("alice", seconds=3)
+    assert status(https_testfed, "hello.txt", "-E", str(proxy)) == 302
+    time.sleep(3.5)
+    result = curl("-E", str(proxy), https_testfed.file_url("hello.txt"), capath=testfed_pki.ca_dir)
+    assert result.returncode in (35, 56) and "certificate expired" in result.stderr
+    testfed_pki.proxy("alice", out=proxy)  # renewed in place
+    assert status(https_testfed, "hello.txt", "-E", str(proxy)) == 302
