@@ -119,7 +119,7 @@ def _vhost(site: ApacheSite, port: int, verify: str) -> str:
     ProxyPreserveHost On
     ProxyAddHeaders Off
     AllowEncodedSlashes NoDecode
-    ProxyPass / http://{site.address}:{site.backend_port}/ nocanon keepalive=On
+    ProxyPass / http://{site.address}:{site.backend_port}/ nocanon keepalive=On ttl=30
     RequestHeader set {SECRET_HEADER} "{site.secret}"
     RequestHeader set {VERIFY_HEADER} "%{{SSL_CLIENT_VERIFY}}s"
     RequestHeader set {CERT_HEADER} "expr=%{{base64:%{{SSL_CLIENT_CERT}}}}"

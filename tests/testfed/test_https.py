@@ -462,3 +462,23 @@ def test_proxy_expiring_while_in_use(https_testfed: TestFederation, testfed_pki:
     assert result.returncode in (35, 56) and "certificate expired" in result.stderr
     testfed_pki.proxy("alice", out=proxy)  # renewed in place
     assert status(https_testfed, "hello.txt", "-E", str(proxy)) == 302
+
+
+def test_gzip_propfind_and_encoded_names_through_apache(
+    https_testfed: TestFederation, testfed_pki: TestPKI
+) -> None:
+    from urllib.parse import quote
+
+    from tests.testfed_fixtures import SPECIAL_NAMES
+
+    alice = with_proxy(testfed_pki, "alice")
+    result = subprocess.run(
+        ["curl", "-sS", "--compressed", "-D", "-", "--capath", str(testfed_pki.ca_dir), *alice,
+         *propfind("1"), https_testfed.url + "names/"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert result.stdout.startswith("HTTP/1.1 207")
+    assert "content-encoding: gzip" in result.stdout.lower()
+    for name in SPECIAL_NAMES:
+        assert quote(name.split("/")[1]) in result.stdout
+        assert status(https_testfed, quote(name), *alice) == 302
