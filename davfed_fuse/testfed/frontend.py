@@ -44,6 +44,7 @@ from davfed_fuse.testfed.namespace import (
     relpath_of,
     stat_entry,
 )
+from davfed_fuse.testfed.tokens import TokenError
 
 if TYPE_CHECKING:
     from davfed_fuse.testfed.auth import Authenticator, Identity
@@ -123,6 +124,8 @@ class FrontEnd:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         method = request.method
+        if self._auth is not None and not self._auth.from_apache(request.headers):
+            return _error(403, "Direct access to the back end is not allowed; use HTTPS.")
         if method in ("TRACE", "TRACK"):
             return _error(403, "TRACE and TRACK are not allowed.")
         if request.path.startswith("/.well-known/"):
@@ -136,10 +139,6 @@ class FrontEnd:
             )
         who = None
         if self._auth is not None:
-            if not self._auth.from_apache(request.headers):
-                return _error(403, "Direct access to the back end is not allowed; use HTTPS.")
-            from davfed_fuse.testfed.tokens import TokenError
-
             try:
                 who = self._auth.identify(request.headers)
             except TokenError as exc:

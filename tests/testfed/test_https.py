@@ -207,6 +207,7 @@ def test_bad_rules_are_refused(https_testfed: TestFederation) -> None:
 def test_backend_refuses_requests_that_bypass_apache(https_testfed: TestFederation) -> None:
     backend = https_testfed.backend_url + "hello.txt"
     assert curl(backend).stdout == "403"
+    assert curl("-X", "OPTIONS", backend).stdout == "403"
     forged = ["-H", "X-Testfed-Secret: guess", "-H", "X-Testfed-Client-Verify: SUCCESS"]
     assert curl(*forged, backend).stdout == "403"
 
