@@ -284,7 +284,10 @@ class BlockCache:
         self._check_open()
         h = self._bind(ident)
         last = min(last, blockmath.block_count(ident.size, self.block_size) - 1)
-        missing = self._missing(ident, h, range(max(first, 0), last + 1))
+        wanted = range(max(first, 0), last + 1)
+        missing = self._missing(ident, h, wanted)
+        if len(missing) < len(wanted):
+            self._advise(h, wanted)  # read-ahead of blocks on disk: into the page cache
         todo = list(blockmath.runs(missing, self.max_run_blocks))
         if not todo:
             return 0
@@ -448,18 +451,9 @@ class BlockCache:
 
         Synchronous: no await, so the block cannot be evicted meanwhile.
         """
-        fd = self._fds.get(key)
+        fd = self._fd(key)
         if fd is None:
-            try:
-                fd = os.open(self._block_path(*key), os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                self._drop_many([key])
-                return None
-            self._fds[key] = fd
-            if len(self._fds) > self._max_open_files:
-                os.close(self._fds.popitem(last=False)[1])
-        else:
-            self._fds.move_to_end(key)
+            return None
         n = hi - lo
         if not self._nowait:
             data = os.pread(fd, n, lo)
@@ -468,13 +462,40 @@ class BlockCache:
         try:
             got = os.preadv(fd, [buf], lo, _NOWAIT)
         except BlockingIOError:
-            return None  # not in the page cache: read it in a thread
+            # Not in the page cache: have the kernel read the whole block at once
+            # (not request by request), then read this part in a thread.
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            return None
         except OSError as exc:
             if exc.errno != errno.EOPNOTSUPP:
                 raise
             self._nowait = False
             return self._pread_nowait(key, lo, hi)
         return buf if got == n else None
+
+    def _fd(self, key: BlockKey) -> int | None:
+        """A kept-open descriptor of a stored block's file (None: the file is gone)."""
+        fd = self._fds.get(key)
+        if fd is not None:
+            self._fds.move_to_end(key)
+            return fd
+        try:
+            fd = os.open(self._block_path(*key), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._drop_many([key])
+            return None
+        self._fds[key] = fd
+        if len(self._fds) > self._max_open_files:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def _advise(self, h: str, indices: Iterable[int]) -> None:
+        """Ask the kernel to read stored blocks from disk ahead of their readers."""
+        for k in indices:
+            if (h, k) in self._lru:
+                fd = self._fd((h, k))
+                if fd is not None:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
 
     async def _pread_thread(self, key: BlockKey, blk: _Block, lo: int, hi: int) -> bytes | None:
         """Read ``[lo, hi)`` of a block in a worker thread (a disk read); None if the block

@@ -193,13 +193,11 @@ def credentials_for(config: Config) -> Credentials:
     return credentials
 
 
-def http_client(config: Config, credentials: Credentials) -> httpx.AsyncClient:
+def http_client(config: Config, credentials: Credentials, connections: int) -> httpx.AsyncClient:
+    """A connection pool of at most ``connections`` kept-alive connections per host."""
     _raise_socket_read_size()
     timeout = httpx.Timeout(config.timeout, connect=config.connect_timeout)
-    limits = httpx.Limits(
-        max_connections=max(16, 2 * config.max_connections),
-        max_keepalive_connections=max(16, 2 * config.max_connections),
-    )
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=connections)
     return httpx.AsyncClient(
         timeout=timeout,
         limits=limits,
@@ -238,12 +236,16 @@ async def serve(config: Config, readiness: Readiness) -> None:
         if cache is not None:
             stack.callback(cache.close)
         credentials = credentials_for(config)
-        async with http_client(config, credentials) as client:
+        async with (
+            http_client(config, credentials, config.max_connections + 2) as client,
+            http_client(config, credentials, config.max_connections) as background,
+        ):
             # A FUSE request may try two replicas, each within the per-operation deadlines.
             budget = 2 * (config.timeout + config.connect_timeout)
             federation = Federation(
                 config.url,
                 client,
+                background_client=background,
                 federation_headers=credentials.headers,
                 budget=budget,
                 retries=config.retries,

@@ -43,11 +43,6 @@ DEFAULT_INTERVAL = 5.0
 TICK = 0.2
 #: Speed and ETA are computed over this much recent history.
 RATE_WINDOW = 10.0
-#: Seconds a file stays open after its last read. Closing a file makes the daemon cancel
-#: that file's read-ahead, and a block whose bytes were already handed to the reader but
-#: not yet written to the cache is then lost (and fetched again by the job). A block is
-#: written in well under this (about 15 ms for 4 MiB); see docs/prefetch.md.
-CLOSE_DELAY = 1.0
 
 
 # --- pure helpers --------------------------------------------------------------------
@@ -248,47 +243,16 @@ class Counters:
             self.bytes_total += read - expected
 
 
-class Closer:
-    """Closes file descriptors ``delay`` seconds after they are handed over (thread-safe)."""
-
-    def __init__(self, delay: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.delay = delay
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._due: deque[tuple[float, int]] = deque()
-
-    def hold(self, fd: int) -> None:
-        with self._lock:
-            self._due.append((self._clock() + self.delay, fd))
-
-    def close_due(self) -> None:
-        now = self._clock()
-        with self._lock:
-            while self._due and self._due[0][0] <= now:
-                os.close(self._due.popleft()[1])
-
-    def close_all(self, *, wait: bool) -> None:
-        """Close every descriptor; with ``wait``, not before its time."""
-        with self._lock:
-            due, self._due = list(self._due), deque()
-        for deadline, fd in due:
-            if wait:
-                time.sleep(max(0.0, deadline - self._clock()))
-            os.close(fd)
-
-
 def read_file(
     path: str,
     on_bytes: Callable[[int], None],
     stop: threading.Event,
     chunk: int = CHUNK,
-    hold: Callable[[int], None] | None = None,
 ) -> int:
     """Read ``path`` sequentially to its end in ``chunk``-sized reads; return the bytes read.
 
     Pages are dropped from the page cache behind the reader (``POSIX_FADV_DONTNEED``).
-    Stops early (returning what it read) when ``stop`` is set. After a complete read the
-    descriptor is given to ``hold`` (which must close it) instead of being closed.
+    Stops early (returning what it read) when ``stop`` is set.
 
     Raises:
         OSError: open or read failed.
@@ -301,17 +265,13 @@ def read_file(
         while not stop.is_set():
             n = os.readv(fd, [buf])
             if n == 0:
-                if hold is not None:
-                    hold(fd)
-                    fd = -1
                 break
             os.posix_fadvise(fd, offset, n, os.POSIX_FADV_DONTNEED)
             offset += n
             on_bytes(n)
         return offset
     finally:
-        if fd >= 0:
-            os.close(fd)
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,15 +543,9 @@ def prefetch(
     *,
     jobs: int = DEFAULT_JOBS,
     chunk: int = CHUNK,
-    close_delay: float = CLOSE_DELAY,
     clock: Callable[[], float] = time.monotonic,
 ) -> Summary:
-    """Read every file of ``plan`` through the mount with ``jobs`` threads.
-
-    Each file stays open ``close_delay`` seconds after its last read (see
-    :data:`CLOSE_DELAY`); the summary's time is the reading time, without that wait.
-    """
-    closer = Closer(close_delay, clock)
+    """Read every file of ``plan`` through the mount with ``jobs`` threads."""
     counters = Counters(len(plan.targets), plan.total_bytes)
     meter = RateMeter()
     stop = threading.Event()
@@ -621,7 +575,7 @@ def prefetch(
             counters.add(n)
 
         try:
-            read_file(target.path, count, stop, chunk, closer.hold)
+            read_file(target.path, count, stop, chunk)
         except OSError as exc:
             counters.file_done(target.size, got)
             failure = Failure.from_os_error(target.path, exc)
@@ -644,16 +598,13 @@ def prefetch(
                 if result.failure is not None:
                     failures.append(result.failure)
                 reporter.file_done(result)
-            closer.close_due()
             reporter.tick(snapshot())
     except BaseException:
         stop.set()  # readers stop after their current chunk
         pool.shutdown(wait=True, cancel_futures=True)
-        closer.close_all(wait=False)
         raise
     pool.shutdown(wait=True)
     seconds = clock() - start
-    closer.close_all(wait=True)
     summary = Summary(
         files_ok=sum(1 for r in results if r.failure is None),
         bytes=sum(r.bytes for r in results),

@@ -112,11 +112,14 @@ class FileReader:
         limiter: trio.CapacityLimiter,
         *,
         policy: ReadaheadPolicy | None = None,
+        fetch_ahead: Fetcher | None = None,
     ) -> None:
         self.cache = cache
         self.ident = ident
         self.policy = policy or ReadaheadPolicy(ident.size, cache.block_size)
         self._fetch = fetch
+        # Background fetches (read-ahead, cache fills) may use other connections.
+        self._fetch_ahead = fetch_ahead or fetch
         self._nursery = nursery
         self._limiter = limiter
         self._inflight = 0  # blocks handed to prefetch tasks not yet finished
@@ -135,22 +138,29 @@ class FileReader:
         self._reads += 1
         wanted = self.policy.on_read(offset, size)
         direct = self._answer_directly(offset, size, first_read)
-        if wanted and not self._closed:
-            # At most a window of blocks in flight for this reader (memory stays bounded);
-            # what does not fit is offered again by the policy on a later read.
-            room = max(0, self.policy.max_blocks - self._inflight)
-            wanted, rest = wanted[:room], wanted[room:]
-            if rest:
-                self.policy.retract(rest.start)
-            step = self.cache.max_run_blocks  # one task per fetcher call, for exact accounting
-            for i in range(0, len(wanted), step):
-                self._start_prefetch(wanted[i : i + step])
-        if direct is not None:
-            # Fill the cache with the blocks of this read in the background.
-            self._start_prefetch(direct, speculative=False)
-            end = min(offset + size, self.ident.size)
-            return await self._fetch(offset, end)
-        return await self.cache.read(self.ident, offset, size, self._fetch)
+        if direct is None:
+            self._read_ahead(wanted)
+            return await self.cache.read(self.ident, offset, size, self._fetch)
+        data = await self._fetch(offset, min(offset + size, self.ident.size))
+        # Then (not before: the reader's request must not wait behind them, nor lose
+        # the kept-alive connection to them) fill the cache with this read's blocks,
+        # and read ahead.
+        self._start_prefetch(direct, speculative=False)
+        self._read_ahead(wanted)
+        return data
+
+    def _read_ahead(self, wanted: range) -> None:
+        if not wanted or self._closed:
+            return
+        # At most a window of blocks in flight for this reader (memory stays bounded);
+        # what does not fit is offered again by the policy on a later read.
+        room = max(0, self.policy.max_blocks - self._inflight)
+        wanted, rest = wanted[:room], wanted[room:]
+        if rest:
+            self.policy.retract(rest.start)
+        step = self.cache.max_run_blocks  # one task per fetcher call, for exact accounting
+        for i in range(0, len(wanted), step):
+            self._start_prefetch(wanted[i : i + step])
 
     def _answer_directly(self, offset: int, size: int, first_read: bool) -> range | None:
         """The blocks of this read, if it is to be answered by a ranged GET of just its bytes.
@@ -193,7 +203,11 @@ class FileReader:
         try:
             with scope:
                 n = await self.cache.prefetch(
-                    self.ident, blocks.start, blocks.stop - 1, self._fetch, limiter=self._limiter
+                    self.ident,
+                    blocks.start,
+                    blocks.stop - 1,
+                    self._fetch_ahead,
+                    limiter=self._limiter,
                 )
             self.prefetched_blocks += n  # not `+= await ...`: that would lose updates
         except Exception as exc:

@@ -69,9 +69,14 @@ class CachedReader(Reader):
         async def fetch(start: int, end: int) -> bytes | bytearray:
             return await federation.read(entry.path, start, end, entry.size)
 
+        async def fetch_ahead(start: int, end: int) -> bytes | bytearray:
+            return await federation.read(entry.path, start, end, entry.size, background=True)
+
         policy = ReadaheadPolicy(entry.size, cache.block_size, max_bytes=readahead)
         ident = identity(federation, entry)
-        self._reader = FileReader(cache, ident, fetch, nursery, limiter, policy=policy)
+        self._reader = FileReader(
+            cache, ident, fetch, nursery, limiter, policy=policy, fetch_ahead=fetch_ahead
+        )
 
     async def read(self, offset: int, size: int) -> Data:
         return await self._reader.read(offset, size)

@@ -105,6 +105,7 @@ class Federation:
         self,
         base_url: str,
         client: httpx.AsyncClient,
+        background_client: httpx.AsyncClient | None = None,
         *,
         federation_headers: Callable[[], dict[str, str]] | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -116,6 +117,9 @@ class Federation:
         self.root_path = urlsplit(self.base_url).path
         self._origin = origin(self.base_url)
         self._client = client
+        # Read-ahead gets connections of its own, so that a reader's request finds
+        # an idle, warmed-up connection instead of queueing behind 8 MiB transfers.
+        self._background = background_client or client
         self._federation_headers = federation_headers or dict
         self._wall_clock = wall_clock
         #: Seconds one call of :meth:`stat`, :meth:`listdir` or :meth:`read` may take
@@ -177,7 +181,9 @@ class Federation:
 
     # -- data ---------------------------------------------------------------
 
-    async def read(self, path: str, start: int, end: int, size: int) -> bytes | bytearray:
+    async def read(
+        self, path: str, start: int, end: int, size: int, *, background: bool = False
+    ) -> bytes | bytearray:
         """Bytes ``[start, end)`` of the file ``path`` whose size is ``size``.
 
         Returns exactly ``min(end, size) - start`` bytes (empty at or past EOF),
@@ -191,13 +197,16 @@ class Federation:
             return b""
         with self._deadline(f"read {path} [{start}, {end})"):
             try:
-                return await self._read(path, start, end, size)
+                client = self._background if background else self._client
+                return await self._read(path, start, end, size, client)
             except NotFound as exc:
                 # The file exists (its metadata says so) but no replica serves it:
                 # Dynafed answers 404 when no endpoint with a replica is online.
                 raise UpstreamError(f"{path}: no replica can serve it now ({exc})") from exc
 
-    async def _read(self, path: str, start: int, end: int, size: int) -> bytearray:
+    async def _read(
+        self, path: str, start: int, end: int, size: int, client: httpx.AsyncClient
+    ) -> bytearray:
         """Fill ``[start, end)`` from whichever replica can serve it.
 
         1. The file's remembered target, if fresh and its endpoint is not penalised.
@@ -223,10 +232,10 @@ class Federation:
                 try:
                     url = self._usable_target(path)
                     if url is not None:
-                        pos += await self._get_range(url, pos, end, size, into)
+                        pos += await self._get_range(client, url, pos, end, size, into)
                         continue
                     if replicas is None:
-                        got, url = await self._read_following(path, pos, end, size, into)
+                        got, url = await self._read_following(client, path, pos, end, size, into)
                         if got is not None:
                             pos += got
                             self._remember(path, url)
@@ -242,7 +251,7 @@ class Federation:
                         replicas = await self._replicas(path, fallback=None)
                         continue
                     tried.add(origin(url))
-                    pos += await self._get_range(url, pos, end, size, into)
+                    pos += await self._get_range(client, url, pos, end, size, into)
                     self._remember(path, url)
                 except _TargetFailed as failed:
                     pos += failed.got
@@ -344,7 +353,13 @@ class Federation:
             raise UpstreamTimeout(f"{what}: no answer within {self.budget:g} s") from None
 
     async def _read_following(
-        self, path: str, start: int, end: int, size: int, into: memoryview
+        self,
+        client: httpx.AsyncClient,
+        path: str,
+        start: int,
+        end: int,
+        size: int,
+        into: memoryview,
     ) -> tuple[int | None, str]:
         """Ranged GET on the federation, following its redirects to the data.
 
@@ -357,13 +372,15 @@ class Federation:
             if not federation and self._penalised(url):
                 return None, url
             try:
-                return await self._get_range(url, start, end, size, into, federation), url
+                got = await self._get_range(client, url, start, end, size, into, federation)
+                return got, url
             except _Redirect as redirect:
                 url = redirect.location
         raise BadResponse(f"GET {path!r}: more than {MAX_REDIRECTS} redirects")
 
     async def _get_range(
         self,
+        client: httpx.AsyncClient,
         url: str,
         start: int,
         end: int,
@@ -377,12 +394,12 @@ class Federation:
         worked; the client does, so it records it (for ELK: ECS field names).
         """
         if federation:
-            return await self._transfer(url, start, end, size, into, federation)
+            return await self._transfer(client, url, start, end, size, into, federation)
         started = trio.current_time()
         got = 0
         error: str | None = "cancelled"  # unless it ends one of the two ways below
         try:
-            got = await self._transfer(url, start, end, size, into, federation)
+            got = await self._transfer(client, url, start, end, size, into, federation)
             error = None
             return got
         except _TargetFailed as failed:
@@ -411,6 +428,7 @@ class Federation:
 
     async def _transfer(
         self,
+        client: httpx.AsyncClient,
         url: str,
         start: int,
         end: int,
@@ -427,9 +445,9 @@ class Federation:
         headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
         if federation:
             headers.update(self._headers_for(url))
-        request = self._client.build_request("GET", url, headers=headers)
+        request = client.build_request("GET", url, headers=headers)
         try:
-            response = await self._client.send(request, stream=True)
+            response = await client.send(request, stream=True)
         except httpx.TransportError as exc:
             _fail(transport_error(exc, f"GET {redact_url(url)}"), url, federation)
         try:

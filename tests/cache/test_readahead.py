@@ -153,12 +153,17 @@ async def test_close_cancels_read_ahead_but_not_fills(
 ) -> None:
     data = make_source(8 * BS)
     ident = ident_for(data)
-    fetch = FakeFetcher(data, delay=100.0)
+    quick = FakeFetcher(data)
+
+    async def fetch(start: int, end: int) -> bytes:
+        if quick.calls:  # the first (direct) read is quick, block fetches are slow
+            await trio.sleep(100)
+        return await quick(start, end)
+
     cache = make_cache()
     async with trio.open_nursery() as nursery:
         reader = FileReader(cache, ident, fetch, nursery, trio.CapacityLimiter(4))
-        with trio.move_on_after(1):
-            await reader.read(0, 10)
+        assert bytes(await reader.read(0, 10)) == data[:10]
         await trio.testing.wait_all_tasks_blocked()
         assert reader._inflight == 2  # block 0 (for the cache) and block 1 (read-ahead)
         reader.close()
@@ -168,6 +173,7 @@ async def test_close_cancels_read_ahead_but_not_fills(
         assert cache.is_pending(ident, 0) and not cache.is_pending(ident, 1)
         assert trio.current_time() < 10
     assert reader._inflight == 0 and not cache._flights
+    assert cache.is_cached(ident, 0) and not cache.is_cached(ident, 1)
 
 
 @pytest.mark.parametrize("max_bytes", [BS, 3 * BS])

@@ -204,7 +204,7 @@ def test_prefetch_reads_a_plan_and_reports_json(tmp_path: Path) -> None:
     )
     out = io.StringIO()
     summary = prefetch.prefetch(
-        plan, JsonReporter(io.StringIO(), out, 0.0, False), jobs=3, chunk=4096, close_delay=0
+        plan, JsonReporter(io.StringIO(), out, 0.0, False), jobs=3, chunk=4096
     )
     assert summary.files_ok == 3
     assert summary.bytes == sum(files.values())
@@ -218,44 +218,6 @@ def test_prefetch_reads_a_plan_and_reports_json(tmp_path: Path) -> None:
     assert {p: by_path[p]["bytes"] for p in files} == files
     assert by_path[str(tmp_path / "gone")]["errno"] == "ENOENT"
     assert by_path[str(tmp_path / "missing")]["ok"] is False
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
-
-
-def test_closer_keeps_files_open_for_a_while(tmp_path: Path) -> None:
-    clock = FakeClock()
-    closer = prefetch.Closer(1.0, clock)
-    (tmp_path / "f").write_bytes(b"x" * 5)
-    seen: list[int] = []
-    assert (
-        prefetch.read_file(str(tmp_path / "f"), seen.append, threading.Event(), hold=closer.hold)
-        == 5
-    )
-    fds = [os.open(tmp_path / "f", os.O_RDONLY)]
-    clock.now += 0.5
-    closer.hold(fds[0])
-    held = [fd for _, fd in closer._due]
-    assert len(held) == 2 and all(is_open(fd) for fd in held)
-    clock.now += 0.6  # the first is due
-    closer.close_due()
-    assert not is_open(held[0]) and is_open(held[1])
-    clock.now += 10
-    closer.close_all(wait=True)
-    assert not is_open(held[1])
 
 
 def test_plain_reporter_prints_every_interval() -> None:
