@@ -188,6 +188,19 @@ def _entry_from_response(response: ET.Element, root_path: str) -> RemoteEntry | 
     return RemoteEntry(path=path, is_dir=is_dir, size=size, mtime_ns=mtime_ns, etag=etag)
 
 
+def parse_xml(body: bytes, limit: int, what: str) -> ET.Element:
+    """Parse XML from a server with a hardened parser: no DTDs or entities, ``limit`` bytes."""
+    if len(body) > limit:
+        raise BadResponse(f"{what} of {len(body)} bytes is too large")
+    try:
+        root: ET.Element = DET.fromstring(
+            body, forbid_dtd=True, forbid_entities=True, forbid_external=True
+        )
+    except (ET.ParseError, DefusedXmlException, ValueError) as exc:
+        raise BadResponse(f"malformed {what}: {exc}") from exc
+    return root
+
+
 def parse_multistatus(body: bytes, root_path: str) -> list[RemoteEntry]:
     """Parse a ``207 Multi-Status`` body into entries, in document order.
 
@@ -195,12 +208,7 @@ def parse_multistatus(body: bytes, root_path: str) -> list[RemoteEntry]:
     could not stat that way). Raises :class:`BadResponse` on malformed or
     hostile XML (DTDs, entities, oversized documents, wrong types).
     """
-    if len(body) > MAX_MULTISTATUS_BYTES:
-        raise BadResponse(f"PROPFIND answer of {len(body)} bytes is too large")
-    try:
-        root = DET.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except (ET.ParseError, DefusedXmlException, ValueError) as exc:
-        raise BadResponse(f"malformed PROPFIND answer: {exc}") from exc
+    root = parse_xml(body, MAX_MULTISTATUS_BYTES, "PROPFIND answer")
     if root.tag != f"{_DAV}multistatus":
         raise BadResponse(f"PROPFIND answer is a {root.tag!r}, not a DAV multistatus")
     entries = []
@@ -238,12 +246,7 @@ def parse_metalink(body: bytes) -> list[str]:
     ``metalink/files/file/resources/url`` and v4's ``metalink/file/url``.
     Only http(s) URLs are kept. Raises :class:`BadResponse` on malformed XML.
     """
-    if len(body) > MAX_METALINK_BYTES:
-        raise BadResponse(f"metalink of {len(body)} bytes is too large")
-    try:
-        root = DET.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except (ET.ParseError, DefusedXmlException, ValueError) as exc:
-        raise BadResponse(f"malformed metalink: {exc}") from exc
+    root = parse_xml(body, MAX_METALINK_BYTES, "metalink")
 
     def local(tag: str) -> str:
         return tag.rsplit("}", 1)[-1]

@@ -92,12 +92,17 @@ def testfed_session(testfed_tree: Path) -> Iterator[TestFederation]:
         yield fed
 
 
+def reset_faults(fed: TestFederation) -> None:
+    """Clear every fault and wait until the federation sees all endpoints online again."""
+    fed.clear_faults()
+    for endpoint in fed.endpoints:
+        fed.wait_health(endpoint.index, online=True, timeout=10)
+
+
 @pytest.fixture
 def testfed(testfed_session: TestFederation) -> Iterator[TestFederation]:
     yield testfed_session
-    testfed_session.clear_faults()
-    for endpoint in testfed_session.endpoints:
-        testfed_session.wait_health(endpoint.index, online=True, timeout=10)
+    reset_faults(testfed_session)
 
 
 @pytest.fixture

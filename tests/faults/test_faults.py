@@ -18,6 +18,7 @@ import pytest
 
 from davfed_fuse.testfed import TestFederation
 from tests.mounting import MiB, Mounter, requires_fuse, write_big
+from tests.testfed_fixtures import reset_faults
 
 pytestmark = [pytest.mark.mount, requires_fuse]
 
@@ -49,9 +50,7 @@ def fed(data: Path) -> Iterator[TestFederation]:
 @pytest.fixture
 def clean(fed: TestFederation) -> Iterator[TestFederation]:
     yield fed
-    fed.clear_faults()
-    for endpoint in fed.endpoints:
-        fed.wait_health(endpoint.index, online=True, timeout=10)
+    reset_faults(fed)
 
 
 def timed_sha256(
