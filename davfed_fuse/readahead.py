@@ -48,6 +48,7 @@ class ReadaheadPolicy:
         self.block_size = block_size
         self.blocks = blockmath.block_count(file_size, block_size)
         self.file_size = file_size
+        self.enabled = max_bytes > 0  # readahead=0: no read-ahead at all
         self.max_blocks = max(1, max_bytes // block_size)
         self.initial_blocks = min(initial_blocks, self.max_blocks)
         self.seek_tolerance = block_size if seek_tolerance is None else seek_tolerance
@@ -59,7 +60,7 @@ class ReadaheadPolicy:
     def on_read(self, offset: int, length: int) -> range:
         """Record a read; return the block indices to prefetch now (often empty)."""
         sp = blockmath.span(offset, length, self.file_size, self.block_size)
-        if sp is None:
+        if sp is None or not self.enabled:
             return range(0)
         end = min(offset + length, self.file_size)
         sequential = self._next is not None and abs(offset - self._next) <= self.seek_tolerance

@@ -223,3 +223,9 @@ async def test_blocks_fetched_before_close_are_still_stored(
         assert sorted(fetch.blocks_fetched()[1:]) == [0, 1] and not cache.is_cached(ident, 0)
         reader.close()  # while the blocks are being written
     assert cache.is_cached(ident, 0) and cache.is_cached(ident, 1)
+
+
+def test_readahead_zero_turns_it_off() -> None:
+    policy = ReadaheadPolicy(100 * BS, BS, max_bytes=0)
+    assert sequential(policy, 100 * BS, BS) == []
+    assert sequential(ReadaheadPolicy(100 * BS, BS, max_bytes=BS), 100 * BS, BS) != []
