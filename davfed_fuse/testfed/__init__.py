@@ -43,7 +43,8 @@ Constructor options: ``endpoints``, ``kinds`` (one per endpoint), ``prefix``,
 ``port``, ``health_period``, ``max_latency``, ``maxlistitems``,
 ``no_replica_status`` (404/503), ``second_hop`` (True or indices),
 ``geo_rank`` (one rank per endpoint, lowest first), ``shuffle``/``seed``,
-``signature_validity``, ``sign_cache_ttl``, ``extra_args``, ``https``, ``pki``
+``signature_validity``, ``sign_cache_ttl``, ``checksum_endpoints`` (indices of
+the ``candochecksum`` endpoints; None: all), ``extra_args``, ``https``, ``pki``
 (a ``TestPKI`` or its directory; None: a new one), ``auth_rules`` (lines or a
 file), ``optional_port``.
 

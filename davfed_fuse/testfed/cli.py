@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         "302s to a disk node",
     )
     p.add_argument(
+        "--checksum-endpoints",
+        default="all",
+        metavar="INDICES",
+        help="endpoints flagged candochecksum (comma-separated indices, 'all' or 'none'): "
+        "the front end redirects Want-Digest requests to them and they answer with a "
+        "Digest header (default all)",
+    )
+    p.add_argument(
         "--geo-rank",
         type=_int_list,
         default=(),
@@ -198,6 +206,15 @@ def options_from(args: argparse.Namespace) -> FedOptions:
             second_hop = frozenset(_int_list(hop_text))
         except argparse.ArgumentTypeError as exc:
             raise OptionsError(f"--second-hop: {exc}") from None
+    checksum_text = args.checksum_endpoints.strip()
+    checksum_endpoints: frozenset[int] | None = None
+    if checksum_text == "none":
+        checksum_endpoints = frozenset()
+    elif checksum_text != "all":
+        try:
+            checksum_endpoints = frozenset(_int_list(checksum_text))
+        except argparse.ArgumentTypeError as exc:
+            raise OptionsError(f"--checksum-endpoints: {exc}") from None
     return FedOptions(
         data_dir=args.data_dir,
         port=args.port,
@@ -221,6 +238,7 @@ def options_from(args: argparse.Namespace) -> FedOptions:
         optional_port=args.optional_port,
         pki_dir=args.pki_dir,
         auth_rules=args.auth_rules,
+        checksum_endpoints=checksum_endpoints,
     )
 
 

@@ -18,6 +18,8 @@ kind          effect                                              parameters
 ``delete``    the file answers 404 on this endpoint               path (needed)
 ``resize``    the file has ``size`` bytes here (default: half)    size, path (needed)
 ``validity``  new signed URLs are valid ``seconds`` s             seconds
+``digest``    a ``candochecksum`` endpoint reports a wrong         path
+              ``Digest`` (the right one with bits flipped)
 ============  ==================================================  ==============
 
 Must not import: aiohttp.
@@ -29,7 +31,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast, get_args
 
-FaultKind = Literal["down", "slow", "stall", "cut", "status", "delete", "resize", "validity"]
+FaultKind = Literal[
+    "down", "slow", "stall", "cut", "status", "delete", "resize", "validity", "digest"
+]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 #: Faults the nginx endpoints hand to the Python fault server (``proxy_pass``).
@@ -45,6 +49,7 @@ _PARAMS: dict[str, frozenset[str]] = {
     "delete": frozenset(),
     "resize": frozenset({"size"}),
     "validity": frozenset({"seconds"}),
+    "digest": frozenset(),
 }
 
 
@@ -128,6 +133,7 @@ class Effect:
     resized: bool = False
     stall_after: int | None = None
     cut_after: int | None = None
+    bad_digest: bool = False
 
     @property
     def is_clean(self) -> bool:
@@ -141,7 +147,7 @@ def effect_for(faults: Iterable[Fault], relpath: str) -> Effect:
     """Combine the faults that apply to ``relpath`` (endpoint-wide or for that path)."""
     delay = 0.0
     status: int | None = None
-    deleted = resized = False
+    deleted = resized = bad_digest = False
     stall_after: int | None = None
     cut_after: int | None = None
     for fault in faults:
@@ -159,7 +165,9 @@ def effect_for(faults: Iterable[Fault], relpath: str) -> Effect:
             stall_after = fault.after
         elif fault.kind == "cut":
             cut_after = fault.after
-    return Effect(delay, status, deleted, resized, stall_after, cut_after)
+        elif fault.kind == "digest":
+            bad_digest = True
+    return Effect(delay, status, deleted, resized, stall_after, cut_after, bad_digest)
 
 
 def resized_content(original: bytes, size: int) -> bytes:

@@ -5,6 +5,10 @@ Owns: the aiohttp application serving ``http://127.0.0.1:PORT/<prefix>/``:
 * GET/HEAD on a file: ``302`` to the first online replica, with the lcgdm-dav
   ``Link: <//host:port/path?metalink>; rel=describedby; …`` header and Apache's
   "Found" page; ``Range`` ignored; no online replica: 404 (or 503); unknown: 404.
+* GET/HEAD on a file with ``Want-Digest``: ``302`` to the first online replica
+  on a ``candochecksum`` endpoint (UGR's ``DMLITE_RDR_ON_CHECKSUM``); if no
+  endpoint is flagged, ``400`` "No plugin can calculate a checksum"; if none of
+  the flagged ones is online, 404 (or 503) as for any redirect.
 * GET/HEAD on a directory: HTML listing; without the trailing slash: ``301``.
 * ``?metalink``: v3 (lcgdm-dav) or, if ``Accept`` mentions ``metalink4``, v4;
   URLs in redirect order, freshly signed.
@@ -57,6 +61,8 @@ XML_TYPE = 'text/xml; charset="utf-8"'
 
 #: ``locate(relpath, fresh)``: replica URLs of a file, best first; ``fresh`` skips the cache.
 Locate = Callable[[str, bool], list[str]]
+#: ``locate_checksum(relpath)``: replica URLs on online candochecksum endpoints; None: none flagged.
+LocateChecksum = Callable[[str], list[str] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +112,16 @@ class FrontEnd:
     """Request handling of the federation; stateless apart from its config."""
 
     def __init__(
-        self, config: FrontEndConfig, locate: Locate, auth: Authenticator | None = None
+        self,
+        config: FrontEndConfig,
+        locate: Locate,
+        auth: Authenticator | None = None,
+        locate_checksum: LocateChecksum | None = None,
     ) -> None:
         self._cfg = config
         self._locate = locate
         self._auth = auth
+        self._locate_checksum = locate_checksum
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -159,6 +170,8 @@ class FrontEnd:
                 return self._metalink(request, entry)
             if entry.is_dir:
                 return await self._directory(request, entry)
+            if request.headers.get("Want-Digest", "").strip():
+                return self._checksum_redirect(request, entry)
             return self._redirect(request, entry)
         return _error(405, f"The requested method {method} is not allowed.", {"Allow": ALLOW})
 
@@ -192,8 +205,18 @@ class FrontEnd:
 
     # --- files ------------------------------------------------------------------------------
 
-    def _redirect(self, request: web.Request, entry: Entry) -> web.Response:
-        urls = self._locate(entry.relpath, False)
+    def _checksum_redirect(self, request: web.Request, entry: Entry) -> web.Response:
+        """Dynafed never computes a checksum: it redirects to a replica that can."""
+        urls = None if self._locate_checksum is None else self._locate_checksum(entry.relpath)
+        if urls is None:
+            return _error(400, "No plugin can calculate a checksum")
+        return self._redirect(request, entry, urls)
+
+    def _redirect(
+        self, request: web.Request, entry: Entry, urls: list[str] | None = None
+    ) -> web.Response:
+        if urls is None:
+            urls = self._locate(entry.relpath, False)
         if not urls:
             return _error(
                 self._cfg.no_replica_status,

@@ -47,6 +47,7 @@ class EndpointHandle:
     base_url: str  # "http://127.0.0.1:P/ep0/"; a file's replica is base_url + its path
     access_log: Path | None  # nginx's access log (first field: body bytes sent)
     disk_port: int | None  # second hop: the disk node's port
+    candochecksum: bool = False  # answers Want-Digest with a Digest header
 
 
 class TestFederation:
@@ -81,6 +82,7 @@ class TestFederation:
         pki: TestPKI | str | os.PathLike[str] | None = None,
         auth_rules: Sequence[str] | str | os.PathLike[str] | None = None,
         optional_port: int = 0,
+        checksum_endpoints: Sequence[int] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.https = https
@@ -106,6 +108,9 @@ class TestFederation:
             args += ["--second-hop", "all"]
         elif second_hop:
             args += ["--second-hop", ",".join(str(i) for i in second_hop)]
+        if checksum_endpoints is not None:
+            indices = ",".join(str(i) for i in checksum_endpoints)
+            args += ["--checksum-endpoints", indices or "none"]
         if geo_rank:
             args += ["--geo-rank", ",".join(str(r) for r in geo_rank)]
         if shuffle:
@@ -357,6 +362,7 @@ class TestFederation:
                 base_url=e["base_url"],
                 access_log=Path(e["access_log"]) if e["access_log"] else None,
                 disk_port=e["disk_port"],
+                candochecksum=bool(e.get("candochecksum", False)),
             )
             for e in self.info["endpoints"]
         ]

@@ -16,6 +16,9 @@ as soon as its flag file exists:
 * ``faults/deleted/ep<i>/<path>``: 404;
 * ``faults/resized/ep<i>/<path>`` (the altered copy itself): served instead.
 
+A ``candochecksum`` endpoint also hands every request carrying ``Want-Digest``
+to the fault server, which adds the ``Digest`` header nginx cannot compute.
+
 ``down`` stops nginx (connections refused), ``up`` starts it again on the same
 ports. With a second hop, a "head node" server block answers every request
 with a 302 to the "disk node" block, as DPM/dCache doors do. The access log's
@@ -86,6 +89,7 @@ class NginxSite:
     as_root: bool
     dav_ext: bool
     address: str = "127.0.0.1"  # where the head and disk nodes listen
+    checksums: bool = False  # candochecksum: Want-Digest requests go to the fault server
 
     @property
     def data_link(self) -> Path:
@@ -102,6 +106,7 @@ def render_config(site: NginxSite) -> str:
     f = site.fault_dir
     prefix = f"/ep{site.index}"
     dav = "            dav_ext_methods PROPFIND OPTIONS;\n" if site.dav_ext else ""
+    digest = "            if ($http_want_digest) { return 418; }\n" if site.checksums else ""
     head = ""
     if site.head_port is not None:
         head = f"""
@@ -165,7 +170,7 @@ http {{
 
         location {prefix}/ {{
             alias {site.data_link}/;
-            if (-f {f}/proxy-all) {{ return 418; }}
+{digest}            if (-f {f}/proxy-all) {{ return 418; }}
             if (-f {f}/proxy$uri) {{ return 418; }}
             if (-f {f}/deleted$uri) {{ return 404; }}
             if (-f {f}/resized$uri) {{ return 419; }}
@@ -219,6 +224,7 @@ class NginxEndpoint:
         fault_server: FaultServer,
         second_hop: bool = False,
         address: str = "127.0.0.1",
+        checksums: bool = False,
     ) -> None:
         self.faults = FaultTable()
         self._binary = find_nginx()
@@ -228,8 +234,14 @@ class NginxEndpoint:
         self._second_hop = second_hop
         self._gate = StallGate()
         self._proc: subprocess.Popen[bytes] | None = None
-        self.info = EndpointInfo(index, "dav", 0, address=address)
-        fault_server.register(index, self.faults, work_dir / "faults" / "resized", self._gate)
+        self.info = EndpointInfo(index, "dav", 0, address=address, checksums=checksums)
+        fault_server.register(
+            index,
+            self.faults,
+            work_dir / "faults" / "resized" / f"ep{index}",
+            self._gate,
+            checksums,
+        )
 
     def _site(self) -> NginxSite:
         disk_port = self.info.disk_port or self.info.port
@@ -242,6 +254,7 @@ class NginxEndpoint:
             as_root=os.geteuid() == 0,
             dav_ext=DAV_EXT_MODULE.exists(),
             address=self.info.address,
+            checksums=self.info.checksums,
         )
 
     def _ports(self) -> list[int]:

@@ -46,6 +46,8 @@ class FedOptions:
     optional_port: int = 0  # HTTPS mode: Apache's "SSLVerifyClient optional" port
     pki_dir: Path | None = None  # HTTPS mode: the test PKI (made here if missing)
     auth_rules: Path | None = None  # allowusers/allowgroups lines
+    #: endpoints flagged ``candochecksum`` (Want-Digest); None: every endpoint
+    checksum_endpoints: frozenset[int] | None = None
 
     @property
     def endpoint_kinds(self) -> tuple[str, ...]:
@@ -54,6 +56,13 @@ class FedOptions:
     @property
     def ranks(self) -> tuple[int, ...]:
         return self.geo_rank or tuple(range(self.endpoints))
+
+    @property
+    def checksum_set(self) -> frozenset[int]:
+        """The indices of the endpoints that answer ``Want-Digest``."""
+        if self.checksum_endpoints is None:
+            return frozenset(range(self.endpoints))
+        return self.checksum_endpoints
 
     @property
     def url_prefix(self) -> str:
@@ -82,6 +91,8 @@ class FedOptions:
             )
         if any(not 0 <= i < self.endpoints for i in self.second_hop):
             raise OptionsError("--second-hop names an endpoint that does not exist")
+        if any(not 0 <= i < self.endpoints for i in self.checksum_set):
+            raise OptionsError("--checksum-endpoints names an endpoint that does not exist")
         if any(self.endpoint_kinds[i] != "dav" for i in self.second_hop):
             raise OptionsError("--second-hop applies to dav endpoints only")
         if not 0 <= self.port <= 65535 or not 0 <= self.control_port <= 65535:

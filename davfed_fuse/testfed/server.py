@@ -93,6 +93,18 @@ class Federation:
             urls.append(url)
         return urls
 
+    def locate_checksum(self, relpath: str) -> list[str] | None:
+        """Replica URLs of ``relpath`` on online ``candochecksum`` endpoints, best first.
+
+        None if no endpoint is flagged (Dynafed: "No plugin can calculate a checksum").
+        """
+        flagged = self.opts.checksum_set
+        if not flagged:
+            return None
+        order = order_endpoints(self.opts.ranks, self.health.online, self.opts.shuffle, self._rng)
+        now = time.time()
+        return [self._sign(i, relpath, now) for i in order if i in flagged]
+
     def _sign(self, index: int, relpath: str, now: float) -> str:
         endpoint = self.endpoints[index]
         validity = endpoint.faults.validity()
@@ -216,10 +228,17 @@ def _make_endpoints(
                     fault_server,
                     index in opts.second_hop,
                     address=opts.host,
+                    checksums=index in opts.checksum_set,
                 )
             )
         else:
-            info = EndpointInfo(index, kind, free_port(opts.host), address=opts.host)
+            info = EndpointInfo(
+                index,
+                kind,
+                free_port(opts.host),
+                address=opts.host,
+                checksums=index in opts.checksum_set,
+            )
             endpoints.append(SignedEndpoint(info, opts.data_dir, ep_dir, creds))
     return endpoints
 
@@ -334,6 +353,7 @@ async def serve(
             ),
             federation.locate,
             auth,
+            federation.locate_checksum,
         )
         runners.append(await _start_app(front.app(), front_sock))
         url = f"http://{opts.host}:{port}{opts.url_prefix}/"

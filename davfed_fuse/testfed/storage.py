@@ -8,6 +8,11 @@ server nginx endpoints ``proxy_pass`` a request to while a slow/stall/cut/status
 fault applies to it) and :func:`send_file`, the body streamer both use, which
 carries out a fault :class:`~davfed_fuse.testfed.faults.Effect`.
 
+``candochecksum`` endpoints (``EndpointInfo.checksums``) answer a request that
+carries ``Want-Digest`` with a ``Digest`` header of the whole file (RFC 3230,
+``digests.py``); nginx endpoints hand such requests to the fault server, which
+computes it.
+
 Replica layout: the file ``a/b`` of the federation is ``/ep<i>/a/b`` on endpoint
 ``i`` (bucket or container ``ep<i>`` for the signed kinds).
 
@@ -31,7 +36,7 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from davfed_fuse.testfed import signing
+from davfed_fuse.testfed import digests, signing
 from davfed_fuse.testfed.faults import Effect, FaultTable, resized_content
 from davfed_fuse.testfed.namespace import relpath_of
 from davfed_fuse.testfed.pages import APACHE_HTML, error_page
@@ -54,6 +59,7 @@ class EndpointInfo:
     disk_port: int | None = None  # the "disk node" a head node redirects to
     access_log: Path | None = None  # nginx only: one line per request, bytes sent first
     address: str = "127.0.0.1"  # the IPv4 address it listens on
+    checksums: bool = False  # candochecksum: answers Want-Digest with a Digest header
 
     @property
     def name(self) -> str:
@@ -80,6 +86,7 @@ class EndpointInfo:
             "disk_port": self.disk_port,
             "base_url": self.base_url,
             "access_log": str(self.access_log) if self.access_log else None,
+            "candochecksum": self.checksums,
         }
 
 
@@ -158,6 +165,22 @@ def write_resized(source: Path, dest: Path, size: int | None) -> None:
         shutil.copyfile(source, dest)
         with dest.open("ab") as out:
             out.write(resized_content(b"", new_size - original_size))
+
+
+async def digest_headers(
+    request: web.Request, source: Path, effect: Effect, enabled: bool
+) -> dict[str, str]:
+    """``{"Digest": "adler32=…"}`` if the endpoint can checksum and the client asked."""
+    want = request.headers.get("Want-Digest")
+    if not enabled or not want:
+        return {}
+    algorithm = digests.choose_algorithm(want)
+    if algorithm is None:
+        return {}
+    value = await asyncio.to_thread(digests.file_digest, source, algorithm)
+    if effect.bad_digest:
+        value = digests.corrupt(value, algorithm)
+    return {"Digest": digests.digest_header(algorithm, value)}
 
 
 async def send_file(
@@ -391,7 +414,8 @@ class SignedEndpoint:
             if self.info.kind == "azure":
                 return self._error(404, "BlobNotFound", "The specified blob does not exist.", "")
             return self._error(404, "NoSuchKey", "The specified key does not exist.", resource)
-        return await send_file(request, source, effect, self._gate, self._count)
+        extra = await digest_headers(request, source, effect, self.info.checksums)
+        return await send_file(request, source, effect, self._gate, self._count, extra)
 
 
 # --- the fault server behind the nginx endpoints --------------------------------------------
@@ -407,11 +431,21 @@ class FaultServer:
     def __init__(self, data_dir: Path) -> None:
         self._data_dir = data_dir
         self._tables: dict[int, tuple[FaultTable, Path, StallGate]] = {}
+        self._checksums: set[int] = set()
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    def register(self, index: int, table: FaultTable, resized_dir: Path, gate: StallGate) -> None:
+    def register(
+        self,
+        index: int,
+        table: FaultTable,
+        resized_dir: Path,
+        gate: StallGate,
+        checksums: bool = False,
+    ) -> None:
         self._tables[index] = (table, resized_dir, gate)
+        if checksums:
+            self._checksums.add(index)
 
     async def start(self) -> None:
         app = web.Application()
@@ -452,13 +486,15 @@ class FaultServer:
         if request.method not in ("GET", "HEAD"):
             return _nginx_error(405)
         mtime = os.stat(source).st_mtime
+        headers = {"Last-Modified": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(mtime))}
+        headers.update(await digest_headers(request, source, effect, index in self._checksums))
         return await send_file(
             request,
             source,
             effect,
             gate,
             lambda n: None,  # nginx's access log counts these bytes
-            {"Last-Modified": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(mtime))},
+            headers,
         )
 
 
