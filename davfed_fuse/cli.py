@@ -48,6 +48,9 @@ commands:
                                  warm the cache: read files through a davfed mount
   cache stats|clean [--cache-dir DIR] [--json]
                                  the block cache's size and hit rate; empty it
+  verify [--algorithm adler32|md5] PATH...
+                                 compare files read through davfed with the
+                                 federation's checksum (Want-Digest)
   testfed DATA_DIR --port PORT [...]
                                  serve DATA_DIR as a test federation
   install-helper [--prefix /sbin] [--uninstall]
@@ -452,6 +455,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "install-helper": _install_helper,
     "prefetch": _prefetch,
     "cache": _cache,
+    "verify": lambda argv: importlib.import_module("davfed_fuse.verify").main(argv),
     "testfed": _testfed,
 }
 
