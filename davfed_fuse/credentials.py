@@ -5,7 +5,9 @@ discovery spec), the mount-time checks (owner, mode, expiry), the TLS context
 that presents an X.509 proxy or certificate, and the bearer token header.
 Credentials are files renewed behind our back (cron, credmon, htgettoken):
 :class:`Credentials` re-reads a file whenever its mtime or size changes, so a
-renewal takes effect without a remount.
+renewal takes effect without a remount. A renewed X.509 credential gets a new
+TLS context, and :class:`CredentialTransport` then opens new connections for
+it: a kept-alive connection stays authenticated as whoever made its handshake.
 Must not import: pyfuse3, the namespace, the cache. Never logs a secret.
 
 Discovery order:
@@ -27,10 +29,12 @@ import logging
 import os
 import ssl
 import stat
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import trio
 from cryptography import x509
 
 from davfed_fuse.errors import Forbidden, MountError
@@ -94,6 +98,16 @@ def discover(
     return None
 
 
+def searched(euid: int | None = None) -> str:
+    """Where :func:`discover` looks, for the message of a mount that found nothing."""
+    euid = os.geteuid() if euid is None else euid
+    return (
+        "x509_proxy=, x509_cert=, token_file=, BEARER_TOKEN, BEARER_TOKEN_FILE, "
+        f"$XDG_RUNTIME_DIR/bt_u{euid}, /tmp/bt_u{euid}, X509_USER_PROXY, "
+        f"/tmp/x509up_u{euid}, X509_USER_CERT"
+    )
+
+
 def ca_dir(capath: Path | None, env: Mapping[str, str] | None = None) -> Path | None:
     """The hashed CA directory to trust besides the system bundle, if it exists."""
     env = os.environ if env is None else env
@@ -139,19 +153,36 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def tls_context(cas: Path | None, credential: Credential | None = None) -> ssl.SSLContext:
+    """A client TLS context: the system bundle plus ``cas``, presenting ``credential`` if X.509."""
+    context = ssl.create_default_context()
+    if cas is not None:
+        context.load_verify_locations(capath=str(cas))
+    if credential is not None and credential.kind == "x509" and credential.path is not None:
+        context.load_cert_chain(str(credential.path), str(credential.key or credential.path))
+    return context
+
+
 class Credentials:
     """The mount's credential at run time: TLS settings and headers, kept current.
 
     ``check()`` runs the mount-time checks (raising :class:`MountError`);
     ``before_request()`` runs before each request to the federation: it reloads
     a renewed file and raises :class:`Forbidden` (EACCES) while an X.509
-    credential is expired, logging that once per expiry.
+    credential is expired, logging that once per expiry. ``refresh()`` only
+    reloads. Each reload of an X.509 credential makes a new ``ssl_context`` and
+    adds one to ``generation``.
     """
 
-    def __init__(self, credential: Credential | None, ssl_context: ssl.SSLContext) -> None:
+    def __init__(
+        self, credential: Credential | None, ssl_context: ssl.SSLContext, cas: Path | None = None
+    ) -> None:
         self.credential = credential
         self.ssl_context = ssl_context
+        self.generation = 0
+        self._cas = cas
         self._stamp: tuple[int, int] | None = None
+        self._failed_stamp: tuple[int, int] | None = None
         self._token: str | None = credential.value if credential else None
         self._expires: dt.datetime | None = None
         self._warned_expired = False
@@ -163,11 +194,8 @@ class Credentials:
         capath: Path | None,
         env: Mapping[str, str] | None = None,
     ) -> Credentials:
-        context = ssl.create_default_context()
         cas = ca_dir(capath, env)
-        if cas is not None:
-            context.load_verify_locations(capath=str(cas))
-        return cls(credential, context)
+        return cls(credential, tls_context(cas), cas)
 
     def describe(self) -> str:
         """Where the credential came from, for logs and ``davfed status`` (no secrets)."""
@@ -217,8 +245,17 @@ class Credentials:
                 self._warned_expired = True
             raise Forbidden(f"X.509 credential expired at {self._expires:%Y-%m-%d %H:%M} UTC")
 
+    def refresh(self) -> None:
+        """Reload the credential file if it changed; never raises."""
+        if self.credential is not None:
+            self._reload()
+
     def _reload(self, *, force: bool = False) -> None:
-        """Read the credential file again if it changed (renewed by cron or credmon)."""
+        """Read the credential file again if it changed (renewed by cron or credmon).
+
+        A file that cannot be used (half written, say) leaves the previous
+        credential in force, with one warning per version of the file.
+        """
         cred = self.credential
         if cred is None or cred.path is None:
             return
@@ -227,7 +264,10 @@ class Credentials:
         except OSError as exc:
             if force:
                 raise MountError(f"{cred.path}: {exc.strerror}") from None
-            log.warning("cannot read the credential %s: %s", cred.path, exc.strerror)
+            stamp = (-1, exc.errno or 0)
+            if stamp != self._failed_stamp:
+                log.warning("cannot read the credential %s: %s", cred.path, exc.strerror)
+                self._failed_stamp = stamp
             return
         stamp = (info.st_mtime_ns, info.st_size)
         if stamp == self._stamp and not force:
@@ -236,14 +276,149 @@ class Credentials:
             if cred.kind == "token":
                 self._token = cred.path.read_text().strip() or None
             else:
-                self.ssl_context.load_cert_chain(str(cred.path), str(cred.key or cred.path))
-                self._expires = not_after(cred.path)
+                expires = not_after(cred.path)
+                self.ssl_context = tls_context(self._cas, cred)
+                self._expires = expires
+                self.generation += 1
         except (OSError, ssl.SSLError, MountError) as exc:
             if force:
                 raise MountError(f"cannot use the credential {cred.path}: {exc}") from None
-            log.warning("cannot reload the credential %s: %s", cred.path, exc)
+            if stamp != self._failed_stamp:
+                log.warning("cannot reload the credential %s: %s", cred.path, exc)
+                self._failed_stamp = stamp
             return
         if self._stamp is not None:
-            log.info("reloaded the renewed credential %s", cred.path)
+            log.info("reloaded the renewed credential: %s", self.describe())
         self._stamp = stamp
+        self._failed_stamp = None
         self._warned_expired = False
+
+
+def _has_tls_error(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that tells its transport when it is closed."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], Awaitable[None]]):
+        self._inner = inner
+        self._release: Callable[[], Awaitable[None]] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                await release()
+
+
+class CredentialTransport(httpx.AsyncBaseTransport):
+    """An httpx connection pool that always presents the current X.509 credential.
+
+    TLS authenticates a connection once, in its handshake, and httpx keeps
+    connections alive: after a renewal (another user's proxy, new VOMS
+    attributes, or an expired proxy replaced), old connections would go on
+    speaking as the old credential. So when :attr:`Credentials.generation`
+    changes, requests go to a new pool made with the new TLS context, and the
+    old pool is closed as soon as its last response is closed.
+    """
+
+    def __init__(self, credentials: Credentials, *, limits: httpx.Limits) -> None:
+        self._credentials = credentials
+        self._limits = limits
+        self._generation = credentials.generation
+        self._pool = self._new_pool()
+        self._in_flight: dict[httpx.AsyncHTTPTransport, int] = {self._pool: 0}
+        self.pools_made = 1
+
+    def _new_pool(self) -> httpx.AsyncHTTPTransport:
+        return httpx.AsyncHTTPTransport(verify=self._credentials.ssl_context, limits=self._limits)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self._credentials.refresh()
+        if self._credentials.generation != self._generation:
+            retired = self._pool
+            self._generation = self._credentials.generation
+            self._pool = self._new_pool()
+            self._in_flight[self._pool] = 0
+            self.pools_made += 1
+            log.debug("new TLS connections for the renewed credential")
+            await self._close_if_idle(retired)
+        pool = self._pool
+        cred = self._credentials.credential
+        if cred is None or cred.kind != "x509":  # nothing to renew in TLS: no bookkeeping
+            try:
+                return await pool.handle_async_request(request)
+            except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
+                await self._diagnose(pool, request, exc)
+                raise
+        self._in_flight[pool] += 1
+        try:
+            response = await pool.handle_async_request(request)
+        except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
+            try:
+                await self._diagnose(pool, request, exc)
+            finally:
+                await self._release(pool)
+            raise
+        except BaseException:
+            await self._release(pool)
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _ReleasingStream(response.stream, lambda: self._release(pool))
+        return response
+
+    async def _diagnose(
+        self, pool: httpx.AsyncHTTPTransport, request: httpx.Request, exc: httpx.TransportError
+    ) -> None:
+        """Raise the TLS refusal behind a connection that broke for no stated reason.
+
+        With TLS 1.3 the server checks the client certificate after the client
+        considers the handshake done, so a refusal ("certificate required",
+        "certificate expired", "unknown CA") can arrive while the request is
+        being written. The write then fails, the TLS stream counts as broken,
+        and the server's alert, which says why, is never read. One request with
+        no body over a new connection reads it; its error is raised instead.
+        """
+        if request.url.scheme != "https" or _has_tls_error(exc):
+            return
+        agent = request.headers.get("User-Agent", "")
+        probe = httpx.Request(
+            "HEAD", request.url, headers={"User-Agent": agent}, extensions=request.extensions
+        )
+        try:
+            response = await pool.handle_async_request(probe)
+        except httpx.TransportError as found:
+            if _has_tls_error(found):
+                raise  # keeps its own cause: the server's alert
+            return
+        await response.aclose()
+
+    async def _release(self, pool: httpx.AsyncHTTPTransport) -> None:
+        if pool in self._in_flight:  # not yet closed by aclose()
+            self._in_flight[pool] -= 1
+            if pool is not self._pool:
+                await self._close_if_idle(pool)
+
+    async def _close_if_idle(self, pool: httpx.AsyncHTTPTransport) -> None:
+        if self._in_flight.get(pool) == 0:
+            del self._in_flight[pool]
+            with trio.CancelScope(shield=True):
+                await pool.aclose()
+
+    async def aclose(self) -> None:
+        pools, self._in_flight = list(self._in_flight), {}
+        with trio.CancelScope(shield=True):
+            for pool in pools:
+                await pool.aclose()

@@ -25,7 +25,7 @@ import trio
 from davfed_fuse import __version__
 from davfed_fuse.block_cache import BlockCache, CacheLocked
 from davfed_fuse.config import Config
-from davfed_fuse.credentials import Credentials, discover
+from davfed_fuse.credentials import Credentials, CredentialTransport, discover, searched
 from davfed_fuse.errors import DavfedError, Forbidden, MountError, NotFound
 from davfed_fuse.fuse_ops import Attributes, DavfedOperations, Reader
 from davfed_fuse.mounts import read_mountinfo
@@ -194,7 +194,11 @@ def credentials_for(config: Config) -> Credentials:
 
 
 def http_client(config: Config, credentials: Credentials, connections: int) -> httpx.AsyncClient:
-    """A connection pool of at most ``connections`` kept-alive connections per host."""
+    """A connection pool of at most ``connections`` kept-alive connections per host.
+
+    Its connections present the mount's current X.509 credential: after a
+    renewal, new requests go over new connections (:class:`CredentialTransport`).
+    """
     _raise_socket_read_size()
     timeout = httpx.Timeout(config.timeout, connect=config.connect_timeout)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=connections)
@@ -204,6 +208,7 @@ def http_client(config: Config, credentials: Credentials, connections: int) -> h
         follow_redirects=False,
         headers={"User-Agent": f"davfed/{__version__}"},
         verify=credentials.ssl_context,
+        transport=CredentialTransport(credentials, limits=limits),
     )
 
 
@@ -250,7 +255,14 @@ async def serve(config: Config, readiness: Readiness) -> None:
                 budget=budget,
                 retries=config.retries,
             )
-            await _check_root(federation, config)
+            try:
+                await _check_root(federation, config)
+            except MountError as exc:
+                if credentials.credential is None and isinstance(exc.__cause__, Forbidden):
+                    raise MountError(
+                        f"{exc}; no credential found (looked for {searched()})"
+                    ) from exc
+                raise
             namespace = Namespace(
                 federation,
                 attr_timeout=config.attr_timeout,

@@ -547,33 +547,62 @@ class Federation:
         return UpstreamError(message)
 
 
-def _tls_reason(exc: BaseException) -> str | None:
-    """The TLS failure behind ``exc`` (e.g. the server's alert), if it is one."""
+#: The TLS alerts by which a server refuses a client's certificate, and what they mean.
+_CLIENT_CERT_ALERTS = (
+    ("CERTIFICATE_REQUIRED", "the server requires a client certificate and none was sent"),
+    ("CERTIFICATE_EXPIRED", "the server rejected the client certificate: it has expired"),
+    ("UNKNOWN_CA", "the server rejected the client certificate: its CA is not trusted there"),
+    ("CERTIFICATE_REVOKED", "the server rejected the client certificate: it is revoked"),
+    ("UNSUPPORTED_CERTIFICATE", "the server rejected the client certificate as unsupported"),
+    ("BAD_CERTIFICATE", "the server rejected the client certificate as bad"),
+    ("CERTIFICATE_UNKNOWN", "the server rejected the client certificate"),
+    ("ACCESS_DENIED", "the server denied access in the TLS handshake"),
+    ("HANDSHAKE_FAILURE", "the server refused the TLS handshake"),
+)
+
+
+def _tls_reason(exc: BaseException) -> tuple[str, str | None] | None:
+    """The TLS failure behind ``exc``, if it is one: (reason, what it means, if known).
+
+    The meaning is known for a server's alert refusing our certificate, and for
+    our own failure to verify the server's certificate.
+    """
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return seen.reason or str(seen)
-        text = str(seen)
-        if "SSL" in text or "TLSV1_ALERT" in text or "CERTIFICATE" in text.upper():
-            return text
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            detail = getattr(seen, "verify_message", None) or str(seen)
+            return detail, (
+                f"cannot verify the server's certificate ({detail}); "
+                "is its CA in capath= or X509_CERT_DIR?"
+            )
+        if isinstance(seen, ssl.SSLError) or "ALERT" in str(seen).upper():
+            reason = getattr(seen, "reason", None) or str(seen)  # set by OpenSSL only
+            for alert, meaning in _CLIENT_CERT_ALERTS:
+                if alert in reason.upper():
+                    return reason, meaning
+            return reason, None
         seen = seen.__cause__ or seen.__context__
     return None
 
 
 def transport_error(exc: httpx.TransportError, what: str) -> Exception:
-    """The davfed error for a failed connection: a refused TLS handshake is EACCES."""
+    """The davfed error for a failed connection: a refused TLS handshake is EACCES.
+
+    A server that refuses our client certificate (or that we cannot verify)
+    gives :class:`Forbidden` and one log line saying why; another TLS failure
+    is an :class:`UpstreamError`.
+    """
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout(f"{what}: {type(exc).__name__}")
-    reason = _tls_reason(exc)
-    if reason is not None:
-        log.error(
-            "%s: the TLS handshake failed (%s): the server refused the client "
-            "certificate, or trusts no CA of ours",
-            what,
-            reason,
-        )
-        return Forbidden(f"{what}: TLS handshake failed: {reason}")
-    return UpstreamError(f"{what}: {type(exc).__name__}: {exc}")
+    found = _tls_reason(exc)
+    if found is None:
+        return UpstreamError(f"{what}: {type(exc).__name__}: {exc}")
+    reason, meaning = found
+    if meaning is None:
+        log.error("%s: the TLS handshake failed: %s", what, reason)
+        return UpstreamError(f"{what}: TLS handshake failed: {reason}")
+    log.error("%s: TLS handshake refused: %s (%s)", what, meaning, reason)
+    return Forbidden(f"{what}: {meaning} ({reason})")
 
 
 def _fail(error: Exception, url: str, federation: bool) -> NoReturn:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
+import ssl
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -13,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from davfed_fuse.credentials import Credentials, check_private, discover
-from davfed_fuse.errors import Forbidden, MountError
+from davfed_fuse.errors import Forbidden, MountError, UpstreamError, UpstreamTimeout
+from davfed_fuse.remote import transport_error
 
 
 def write_cert(path: Path, *, hours: float) -> dt.datetime:
@@ -131,3 +135,73 @@ def test_no_secret_in_the_description(tmp_path: Path) -> None:
     creds = Credentials.create(discover(env={"BEARER_TOKEN": "s3cr3t"}), None, env={})
     assert "s3cr3t" not in creds.describe()
     assert creds.headers() == {"Authorization": "Bearer s3cr3t"}
+
+
+def test_a_renewed_proxy_gets_a_new_tls_context(tmp_path: Path) -> None:
+    proxy = tmp_path / "x509up"
+    write_cert(proxy, hours=1)
+    creds = Credentials.create(discover(x509_proxy=proxy), None, env={})
+    creds.check()
+    first, generation = creds.ssl_context, creds.generation
+    creds.refresh()
+    assert (creds.ssl_context, creds.generation) == (first, generation), "unchanged: kept"
+    write_cert(proxy, hours=12)
+    os.utime(proxy, ns=(1, 10**18))
+    creds.refresh()
+    assert creds.generation == generation + 1 and creds.ssl_context is not first
+
+
+def test_a_half_written_renewal_keeps_the_old_credential(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = tmp_path / "x509up"
+    write_cert(proxy, hours=1)
+    creds = Credentials.create(discover(x509_proxy=proxy), None, env={})
+    creds.check()
+    context, generation = creds.ssl_context, creds.generation
+    proxy.write_text("-----BEGIN CERTIFICATE-----\nMIIB")
+    for _ in range(3):
+        creds.before_request()
+    assert (creds.ssl_context, creds.generation) == (context, generation)
+    assert sum("cannot reload" in r.message for r in caplog.records) == 1
+    write_cert(proxy, hours=2)
+    creds.before_request()
+    assert creds.generation == generation + 1
+
+
+def tls_failure(message: str) -> httpx.ReadError:
+    """An httpx error caused by an OpenSSL error, as httpcore and trio chain them."""
+    try:
+        try:
+            raise ssl.SSLError(1, message)
+        except ssl.SSLError as exc:
+            raise httpx.ReadError("") from exc
+    except httpx.ReadError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("alert", "meaning"),
+    [
+        ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "requires a client certificate and none was sent"),
+        ("SSLV3_ALERT_CERTIFICATE_EXPIRED", "rejected the client certificate: it has expired"),
+        ("TLSV1_ALERT_UNKNOWN_CA", "its CA is not trusted there"),
+    ],
+)
+def test_a_refused_client_certificate_is_eacces_with_the_reason(
+    alert: str, meaning: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    error = transport_error(tls_failure(f"[SSL: {alert}] alert (_ssl.c:2580)"), "GET /f")
+    assert isinstance(error, Forbidden) and error.errno == errno.EACCES
+    assert meaning in str(error) and alert in str(error)
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+    assert meaning in caplog.records[0].getMessage()
+
+
+def test_other_transport_failures_are_not_eacces() -> None:
+    assert isinstance(
+        transport_error(tls_failure("[SSL: WRONG_VERSION_NUMBER] wrong version"), "GET /f"),
+        UpstreamError,
+    )
+    assert isinstance(transport_error(httpx.ReadError("reset"), "GET /f"), UpstreamError)
+    assert isinstance(transport_error(httpx.ReadTimeout("slow"), "GET /f"), UpstreamTimeout)
