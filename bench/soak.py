@@ -15,6 +15,7 @@ restarted daemon, a lost mount or a hung reader (or an error in the harness).
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import errno
 import hashlib
@@ -51,6 +52,8 @@ TREE_VERSION = 1
 MOUNT_OPTS = "timeout=2,connect_timeout=1,retries=2"
 #: A reader blocked longer than this at the end of the run counts as hung.
 HANG_LIMIT = 60.0
+#: Failures this soon after an all-down window ended are counted as part of it.
+AFTER_ALL_DOWN = 3.0
 
 # --- deterministic content -----------------------------------------------------------------
 
@@ -158,6 +161,7 @@ class Stats:
     wrong_bytes: int = 0
     wrong_reads: int = 0
     short_reads: int = 0
+    premature_eofs: int = 0
     files_whole: int = 0
     random_batches: int = 0
     errnos: Counter[str] = field(default_factory=Counter)
@@ -165,6 +169,8 @@ class Stats:
     longest: float = 0.0
     longest_what: str = ""
     wrong_examples: list[str] = field(default_factory=list)
+    #: (read start, read end, errno or "short read", what): every failure, for the timeline
+    events: list[tuple[float, float, str, str]] = field(default_factory=list)
 
     def add(self, other: Stats) -> None:
         for name in (
@@ -175,6 +181,7 @@ class Stats:
             "wrong_bytes",
             "wrong_reads",
             "short_reads",
+            "premature_eofs",
             "files_whole",
             "random_batches",
         ):
@@ -184,6 +191,7 @@ class Stats:
         if other.longest > self.longest:
             self.longest, self.longest_what = other.longest, other.longest_what
         self.wrong_examples = (self.wrong_examples + other.wrong_examples)[:10]
+        self.events = (self.events + other.events)[:5000]
 
     def timed(self, seconds: float, what: str) -> None:
         for i, bound in enumerate(BUCKETS):
@@ -240,13 +248,14 @@ class Reader:
         self.stats = Stats()
 
     def _open(self, item: TreeFile) -> int | None:
-        self.busy[self.slot] = time.time()
+        self.busy[self.slot] = wall = time.time()
         started = time.monotonic()
         try:
             return os.open(self.mnt / item.name, os.O_RDONLY)
         except OSError as exc:
             self.stats.opens_failed += 1
             self.stats.errnos[f"open:{errno_name(exc)}"] += 1
+            self.stats.events.append((wall, time.time(), f"open:{errno_name(exc)}", item.name))
             return None
         finally:
             self.stats.timed(time.monotonic() - started, f"open {item.name}")
@@ -261,16 +270,18 @@ class Reader:
 
     def _read(self, fd: int, item: TreeFile, offset: int, length: int) -> bool:
         """One pread, timed and checked. False if it failed (errno) or was short."""
-        self.busy[self.slot] = time.time()
+        self.busy[self.slot] = wall = time.time()
         started = time.monotonic()
+        what = f"{item.name}@{offset}+{length}"
         try:
             data = os.pread(fd, length, offset)
         except OSError as exc:
             self.stats.reads_failed += 1
             self.stats.errnos[errno_name(exc)] += 1
+            self.stats.events.append((wall, time.time(), errno_name(exc), what))
             return False
         finally:
-            self.stats.timed(time.monotonic() - started, f"{item.name}@{offset}+{length}")
+            self.stats.timed(time.monotonic() - started, what)
             self.busy[self.slot] = 0.0
         self.stats.reads += 1
         self.stats.bytes_read += len(data)
@@ -291,10 +302,45 @@ class Reader:
                     f"first at +{first}"
                 )
             if len(data) < len(want):
-                self.stats.short_reads += 1
-                self.stats.errnos["short read"] += 1
+                self.short_read(fd, item, offset, len(data), len(want), wall, what)
                 return False
         return True
+
+    def short_read(
+        self, fd: int, item: TreeFile, offset: int, got: int, wanted: int, wall: float, what: str
+    ) -> None:
+        """A read returned fewer bytes than the file has there: read on, as a job would.
+
+        POSIX lets a read return the bytes it had before an error (the next read then
+        fails): that is a failed read, not corruption. A next read returning 0 bytes
+        is a premature EOF: a job would take the file as truncated (counted apart).
+        """
+        self.stats.short_reads += 1
+        seen = os.fstat(fd).st_size
+        try:
+            more = os.pread(fd, wanted - got, offset + got)
+            outcome = "premature EOF" if not more else f"then {len(more)} bytes"
+        except OSError as exc:
+            outcome = f"then {errno_name(exc)}"
+            more = b""
+        if not more and not outcome.startswith("then E"):
+            self.stats.premature_eofs += 1
+        elif (
+            more and more != expected(item.seed, offset + got, wanted - got, item.size)[: len(more)]
+        ):
+            self.stats.wrong_bytes += 1
+            self.stats.wrong_reads += 1
+            self.stats.wrong_examples.append(f"{what}: the rest after a short read differs")
+        kind = outcome if not more else "then more bytes"
+        self.stats.errnos[f"short read, {kind}"] += 1
+        self.stats.events.append(
+            (
+                wall,
+                time.time(),
+                "short read",
+                f"{what}: got {got} of {wanted}, {outcome} (st_size {seen}, real size {item.size})",
+            )
+        )
 
     def sequential(self, item: TreeFile) -> None:
         fd = self._open(item)
@@ -368,6 +414,16 @@ class FaultInjector(threading.Thread):
         self.all_down_windows = 0
         self.all_down_seconds = 0.0
         self.n = len(fed.endpoints)
+        #: (wall time, the faults in force from then on)
+        self.timeline: list[tuple[float, str]] = [(time.time(), "clear")]
+        self._active: list[str] = []
+
+    def _note(self, what: str | None) -> None:
+        if what is None:
+            self._active = []
+        else:
+            self._active.append(what)
+        self.timeline.append((time.time(), " ".join(self._active) or "clear"))
 
     def _one(self, index: int) -> str:
         kind = self.rng.choice(self.KINDS)
@@ -385,20 +441,26 @@ class FaultInjector(threading.Thread):
                 params["size"] = self.rng.choice([item.size // 2, item.size + 4096])
         self.fed.fault(index, kind, **params)
         self.applied[kind] += 1
-        return f"ep{index}:{kind}"
+        shown = ",".join(f"{k}={v}" for k, v in params.items() if k != "path")
+        label = f"ep{index}:{kind}" + (f"({shown})" if shown else "")
+        self._note(label + (" 1 file" if "path" in params else ""))
+        return label
 
     def step(self) -> None:
         self.fed.clear_faults()
+        self._note(None)
         roll = self.rng.random()
         if roll < 0.07:  # everything down, briefly
             for i in range(self.n):
                 self.fed.fault(i, "down")
+            self._note("ALL-DOWN")
             self.applied["all-down"] += 1
             self.all_down_windows += 1
             window = self.rng.uniform(1.0, 2.5)
             self.stop_event.wait(window)
             self.all_down_seconds += window
             self.fed.clear_faults()
+            self._note(None)
             return
         count = 1 if roll < 0.6 else 2 if roll < 0.95 else 0
         for index in self.rng.sample(range(self.n), count):
@@ -414,6 +476,7 @@ class FaultInjector(threading.Thread):
             self.stop_event.wait(self.rng.uniform(self.period * 0.5, self.period * 1.5))
         with contextlib.suppress(TestFedError, OSError):
             self.fed.clear_faults()
+        self._note(None)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -540,8 +603,14 @@ def abort_fuse(mountpoint: Path) -> None:
         Path(f"/sys/fs/fuse/connections/{dev}/abort").write_text("1")
 
 
-def mount(url: str, mountpoint: Path, cache: Path, cache_size: int, extra: str) -> None:
-    opts = f"cache_dir={cache},cache_size={cache_size},{MOUNT_OPTS}"
+#: Where the daemon's log of the last run is kept (the run directory itself is removed).
+DAEMON_LOG = Path(tempfile.gettempdir()) / "davfed-soak-last-daemon.log"
+
+
+def mount(
+    url: str, mountpoint: Path, cache: Path, cache_size: int, extra: str, log_file: Path
+) -> None:
+    opts = f"cache_dir={cache},cache_size={cache_size},{MOUNT_OPTS},log_file={log_file}"
     if extra:
         opts += "," + extra
     result = subprocess.run(
@@ -620,6 +689,42 @@ def interrupts() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def state_at(timeline: list[tuple[float, str]], when: float) -> str:
+    index = bisect.bisect_right([t for t, _ in timeline], when) - 1
+    return timeline[max(index, 0)][1]
+
+
+def classify(
+    events: list[tuple[float, float, str, str]], timeline: list[tuple[float, str]], t0: float
+) -> tuple[dict[str, int], list[str]]:
+    """Failures by the faults in force when the read started and ended; a log of them.
+
+    A failure that started within :data:`AFTER_ALL_DOWN` s after an all-down window
+    ended says so (the checker and davfed need a moment to see the endpoints back).
+    The log lists failures outside all-down windows first.
+    """
+    ends = [t for (t, state), (_, prev) in zip(timeline[1:], timeline, strict=False)
+            if prev == "ALL-DOWN" and state != "ALL-DOWN"]  # fmt: skip
+    by_state: Counter[str] = Counter()
+    lines: list[tuple[bool, str]] = []
+    for start, end, kind, what in sorted(events):
+        before, after = state_at(timeline, start), state_at(timeline, end)
+        states = before if before == after else f"{before} -> {after}"
+        during = "ALL-DOWN" in states
+        recent = [start - t for t in ends if 0 <= start - t <= AFTER_ALL_DOWN]
+        if not during and recent:
+            states += f", {min(recent):.1f} s after ALL-DOWN"
+        label = states if during or recent else f"{states}; NOT NEAR AN ALL-DOWN WINDOW"
+        if recent and not during:
+            by_state[f"{kind} within {AFTER_ALL_DOWN:.0f} s after ALL-DOWN"] += 1
+        else:
+            by_state[f"{kind} during [{states}]"] += 1
+        line = f"t={start - t0:6.2f}..{end - t0:6.2f} s {kind:<10} {what} [{label}]"
+        lines.append((during or bool(recent), line))
+    lines.sort(key=lambda item: item[0])  # stable: the unexplained ones first, in time order
+    return dict(by_state.most_common()), [line for _, line in lines]
+
+
 def collect(
     results: mp.Queue[tuple[int, Stats | None]], total: Stats, finished: set[int], wait: float
 ) -> None:
@@ -666,7 +771,7 @@ def run(args: Args) -> dict[str, Any]:
         fed = TestFederation(args.tree / "data", endpoints=3, health_period=0.2, max_latency=0.5)
         fed.start()
         log(f"federation at {fed.url}")
-        mount(fed.url, mnt, cache, args.cache_size, args.davfed_opts)
+        mount(fed.url, mnt, cache, args.cache_size, args.davfed_opts, work / "davfed.log")
         pid = daemon_pid(mnt)
         if pid is None:
             raise RuntimeError("mounted, but no daemon with --ready-fd and the mountpoint")
@@ -719,8 +824,14 @@ def run(args: Args) -> dict[str, Any]:
                     total.wrong_bytes += 1
                     total.wrong_examples.append(f"post-soak read of {name} differs")
         monitor.stop()
+        by_state, failure_log = classify(total.events, injector.timeline, start_wall)
         report.update(
             {
+                "failures_by_fault_state": by_state,
+                "failure_log": failure_log[:200],
+                "fault_timeline": [
+                    f"t={t - start_wall:6.2f} s {state}" for t, state in injector.timeline
+                ][:400],
                 "fault_rounds": injector.rounds,
                 "faults_applied": dict(injector.applied),
                 "all_down_windows": injector.all_down_windows,
@@ -763,6 +874,9 @@ def run(args: Args) -> dict[str, Any]:
             with contextlib.suppress(TestFedError, OSError):
                 fed.clear_faults()
             fed.stop()
+        with contextlib.suppress(OSError):
+            shutil.copyfile(work / "davfed.log", DAEMON_LOG)
+            report["daemon_log"] = str(DAEMON_LOG)
         if find_mount(mnt) is None:
             shutil.rmtree(work, ignore_errors=True)
         else:
@@ -776,6 +890,7 @@ def run(args: Args) -> dict[str, Any]:
             "reads_failed": total.reads_failed,
             "opens_failed": total.opens_failed,
             "short_reads": total.short_reads,
+            "premature_eofs": total.premature_eofs,
             "errnos": dict(total.errnos.most_common()),
             "wrong_bytes": total.wrong_bytes,
             "wrong_reads": total.wrong_reads,
@@ -806,6 +921,7 @@ def run(args: Args) -> dict[str, Any]:
         "error" not in report
         and "cleanup_error" not in report
         and report.get("wrong_bytes", 1) == 0
+        and report.get("premature_eofs", 1) == 0
         and report.get("daemon_restarts", 1) == 0
         and not report.get("daemon_died", True)
         and not report.get("mount_lost", True)
@@ -823,7 +939,7 @@ def summary(r: dict[str, Any]) -> str:
         f"  reads done          {r['reads']} ({r['files_read_whole']} whole files, "
         f"{r['random_batches']} random batches)",
         f"  reads failed        {r['reads_failed']} (+ {r['opens_failed']} failed opens, "
-        f"{r['short_reads']} short reads)",
+        f"{r['short_reads']} short reads, {r['premature_eofs']} of them premature EOFs)",
         f"  errnos              {r['errnos'] or 'none'}",
         f"  WRONG BYTES         {r['wrong_bytes']}",
         f"  longest stall       {r['longest_stall_s']} s ({r['longest_stall_what']})",
@@ -837,6 +953,9 @@ def summary(r: dict[str, Any]) -> str:
             f"  daemon peak RSS     {human(r['daemon_peak_rss_bytes'])} (VmHWM)",
             f"  daemon CPU          {r['daemon_cpu_s']} s",
         ]
+    if r.get("failures_by_fault_state"):
+        lines.append("  failures by the faults in force (read start -> end):")
+        lines += [f"    {n:5d}  {state}" for state, n in r["failures_by_fault_state"].items()]
     if "faults_applied" in r:
         lines.append(
             f"  faults              {r['fault_rounds']} rounds: {r['faults_applied']}; "
