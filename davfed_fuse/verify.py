@@ -228,7 +228,10 @@ class Federation:
                 continue
             if status == 400 and hop == 0:
                 # Dynafed: "No plugin can calculate a checksum" (no candochecksum endpoint)
-                return Offer(None, detail="the federation has no endpoint that computes one")
+                return Offer(
+                    None,
+                    detail="the federation answered 400: no endpoint can compute a checksum",
+                )
             if not 200 <= status < 300:
                 raise VerifyError(f"{_where(url)} answered {status} {response.reason_phrase}")
             offered = parse_digest(response.headers.get("Digest", ""))
