@@ -334,16 +334,25 @@ class CredentialTransport(httpx.AsyncBaseTransport):
     old pool is closed as soon as its last response is closed.
     """
 
-    def __init__(self, credentials: Credentials, *, limits: httpx.Limits) -> None:
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        limits: httpx.Limits,
+        proxy: httpx.Proxy | str | None = None,
+    ) -> None:
         self._credentials = credentials
         self._limits = limits
+        self._proxy = proxy
         self._generation = credentials.generation
         self._pool = self._new_pool()
         self._in_flight: dict[httpx.AsyncHTTPTransport, int] = {self._pool: 0}
         self.pools_made = 1
 
     def _new_pool(self) -> httpx.AsyncHTTPTransport:
-        return httpx.AsyncHTTPTransport(verify=self._credentials.ssl_context, limits=self._limits)
+        return httpx.AsyncHTTPTransport(
+            verify=self._credentials.ssl_context, limits=self._limits, proxy=self._proxy
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self._credentials.refresh()
@@ -389,7 +398,7 @@ class CredentialTransport(httpx.AsyncBaseTransport):
         "certificate expired", "unknown CA") can arrive while the request is
         being written. The write then fails, the TLS stream counts as broken,
         and the server's alert, which says why, is never read. One request with
-        no body over a new connection reads it; its error is raised instead.
+        no body to write (a HEAD) reads it; its error is raised instead.
         """
         if request.url.scheme != "https" or _has_tls_error(exc):
             return

@@ -11,9 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import os
+import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -312,3 +314,27 @@ def test_a_secret_on_the_command_line_is_refused(
     line = mount_failure(https_testfed.optional_url, tmp_path, "-o", f"token={token}", code=1)
     assert "never accepted inline" in line and "token_file=" in line
     assert token not in line
+
+
+# --- pre-signed URLs in the log ----------------------------------------------------------
+
+SIGNATURE = re.compile(r"(?i)[?&](X-Amz-Signature|Signature|X-Amz-Credential)=([^&\s\"'<>]*)")
+
+
+def test_pre_signed_query_strings_are_redacted_in_the_log(
+    testfed_tree: Path,
+    testfed_files: dict[str, bytes],
+    make_testfed: Callable[..., TestFederation],
+    tmp_path: Path,
+    mounter: Mounter,
+) -> None:
+    fed = make_testfed(testfed_tree, endpoints=2, kinds=["s3v4", "s3v2"])
+    log_file = tmp_path / "davfed.log"
+    mnt = mounter(fed.url, "-o", f"log_file={log_file},debug")
+    for name in ("hello.txt", "data/block.bin"):
+        assert (mnt / name).read_bytes() == testfed_files[name]
+    signed = fed.replica_url("hello.txt", 0)
+    assert SIGNATURE.search(signed), "the replicas are pre-signed"
+    found = SIGNATURE.findall(log_file.read_text())
+    assert found, "the debug log shows the redirect targets"
+    assert {value for _, value in found} == {"[REDACTED]"}
