@@ -30,6 +30,7 @@ from davfed_fuse.errors import DavfedError, Forbidden, MountError, NotFound
 from davfed_fuse.fuse_ops import Attributes, DavfedOperations, Reader
 from davfed_fuse.mounts import read_mountinfo
 from davfed_fuse.namespace import Namespace
+from davfed_fuse.proxies import ProxiesFailed, Proxy, first_working, proxy_order, proxy_spec
 from davfed_fuse.reader import CachedReader, DirectReader, cache_root
 from davfed_fuse.remote import Federation
 from davfed_fuse.webdav import RemoteEntry
@@ -193,11 +194,39 @@ def credentials_for(config: Config) -> Credentials:
     return credentials
 
 
-def http_client(config: Config, credentials: Credentials, connections: int) -> httpx.AsyncClient:
+async def choose_proxy(config: Config, credentials: Credentials) -> Proxy:
+    """The first proxy of the mount's list through which the federation answers.
+
+    None (DIRECT) when there is no list; MountError when no proxy of it works.
+    """
+    spec = proxy_spec(config.proxy, config.url, os.environ)
+    if spec is None:
+        return None
+
+    async def probe(proxy: Proxy) -> None:
+        async with http_client(config, credentials, 1, proxy) as client:
+            federation = Federation(config.url, client, federation_headers=credentials.headers)
+            # NotFound or Forbidden: the federation answered, so the proxy works.
+            with (
+                trio.fail_after(config.connect_timeout + config.timeout),
+                contextlib.suppress(NotFound, Forbidden),
+            ):
+                await federation.stat("")
+
+    try:
+        return await first_working(proxy_order(spec), probe)
+    except ProxiesFailed as exc:
+        raise MountError(f"{config.url}: {exc}") from None
+
+
+def http_client(
+    config: Config, credentials: Credentials, connections: int, proxy: Proxy = None
+) -> httpx.AsyncClient:
     """A connection pool of at most ``connections`` kept-alive connections per host.
 
     Its connections present the mount's current X.509 credential: after a
     renewal, new requests go over new connections (:class:`CredentialTransport`).
+    Requests go through ``proxy`` (None: direct).
     """
     _raise_socket_read_size()
     timeout = httpx.Timeout(config.timeout, connect=config.connect_timeout)
@@ -208,7 +237,7 @@ def http_client(config: Config, credentials: Credentials, connections: int) -> h
         follow_redirects=False,
         headers={"User-Agent": f"davfed/{__version__}"},
         verify=credentials.ssl_context,
-        transport=CredentialTransport(credentials, limits=limits),
+        transport=CredentialTransport(credentials, limits=limits, proxy=proxy),
     )
 
 
@@ -241,9 +270,10 @@ async def serve(config: Config, readiness: Readiness) -> None:
         if cache is not None:
             stack.callback(cache.close)
         credentials = credentials_for(config)
+        proxy = await choose_proxy(config, credentials)
         async with (
-            http_client(config, credentials, config.max_connections + 2) as client,
-            http_client(config, credentials, config.max_connections) as background,
+            http_client(config, credentials, config.max_connections + 2, proxy) as client,
+            http_client(config, credentials, config.max_connections, proxy) as background,
         ):
             # A FUSE request may try two replicas, each within the per-operation deadlines.
             budget = 2 * (config.timeout + config.connect_timeout)

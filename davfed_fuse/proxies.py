@@ -3,8 +3,8 @@
 Owns: ``proxy=`` lists such as ``http://a:3128|http://b:3128;http://c:3128;DIRECT``:
 ``;`` separates groups tried in order (failover), ``|`` separates proxies of one
 group, tried in random order (load balancing), ``DIRECT`` means no proxy.
-Without ``proxy=``, httpx's usual environment variables apply
-(``http_proxy``/``https_proxy``/``no_proxy``, either case).
+Without ``proxy=``, the environment's ``http_proxy``/``https_proxy``/``all_proxy``
+and ``no_proxy`` apply (see :func:`proxy_spec`).
 Must not import: pyfuse3, the namespace, the cache.
 
 Squid caches only plain-HTTP GETs; HTTPS goes through CONNECT tunnels, which
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,32 @@ def proxy_order(spec: str, rng: random.Random | None = None) -> list[Proxy]:
         rng.shuffle(members)
         order.extend(m for m in members if m not in order)
     return order
+
+
+def proxy_spec(configured: str | None, url: str, env: Mapping[str, str]) -> str | None:
+    """The proxy list for ``url``: ``proxy=``, else the environment's, else None (DIRECT).
+
+    The environment is read lowercase first, then uppercase (as curl and CVMFS
+    do): ``https_proxy`` or ``http_proxy`` by the URL's scheme, then
+    ``all_proxy``; ``no_proxy`` (host suffixes, or ``*``) and loopback hosts
+    go direct.
+    """
+    if configured:
+        return configured
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    names = (f"{parts.scheme}_proxy", "all_proxy")
+    found = next(
+        (value for name in names for key in (name, name.upper()) if (value := env.get(key))),
+        None,
+    )
+    if not found or host in ("localhost", "::1") or host.startswith("127."):
+        return None
+    no_proxy = env.get("no_proxy", env.get("NO_PROXY", ""))
+    for entry in (e.strip().lower().lstrip(".") for e in no_proxy.split(",")):
+        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
+            return None
+    return found
 
 
 def describe(proxy: Proxy) -> str:
