@@ -33,6 +33,9 @@ R = TypeVar("R")
 BLOCK_SIZE = 4096
 
 
+_EXPECTED = frozenset({errno.ENOENT, errno.EACCES, errno.EROFS})
+
+
 def fuse_errors(
     handler: Callable[P, Coroutine[Any, Any, R]],
 ) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -46,7 +49,9 @@ def fuse_errors(
             raise
         except Exception as exc:
             code = errno_for(exc)
-            level = logging.DEBUG if code == errno.ENOENT else logging.WARNING
+            # Answers a user expects (no such file, denied, read-only) are not warnings;
+            # their causes (an expired proxy, say) are logged once where they are found.
+            level = logging.DEBUG if code in _EXPECTED else logging.WARNING
             log.log(level, "%s failed: %s (%s)", handler.__name__, exc, errno.errorcode[code])
             raise pyfuse3.FUSEError(code) from None
 
