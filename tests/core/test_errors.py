@@ -1,0 +1,65 @@
+"""The one errno table, and the handler boundary that keeps exceptions from killing the mount."""
+
+from __future__ import annotations
+
+import errno
+
+import httpx
+import pyfuse3
+import pytest
+import trio
+
+from davfed_fuse.errors import (
+    BadResponse,
+    DavfedError,
+    Forbidden,
+    IntegrityError,
+    MountError,
+    NotFound,
+    ReadOnly,
+    UpstreamError,
+    UpstreamTimeout,
+    errno_for,
+)
+from davfed_fuse.fuse_ops import fuse_errors
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (NotFound("x"), errno.ENOENT),
+        (Forbidden("x"), errno.EACCES),
+        (ReadOnly("x"), errno.EROFS),
+        (UpstreamTimeout("x"), errno.ETIMEDOUT),
+        (UpstreamError("x"), errno.EIO),
+        (IntegrityError("x"), errno.EIO),
+        (BadResponse("x"), errno.EIO),
+        (MountError("x"), errno.EIO),
+        (DavfedError("x"), errno.EIO),
+        (httpx.ReadTimeout("x"), errno.ETIMEDOUT),
+        (trio.TooSlowError(), errno.ETIMEDOUT),
+        (httpx.ConnectError("x"), errno.EIO),
+        (FileNotFoundError(errno.ENOENT, "x"), errno.ENOENT),
+        (ValueError("a bug"), errno.EIO),
+        (KeyError("a bug"), errno.EIO),
+    ],
+)
+def test_errno_table(exc: Exception, code: int) -> None:
+    assert errno_for(exc) == code
+
+
+async def test_no_exception_escapes_a_handler_but_as_fuse_error() -> None:
+    @fuse_errors
+    async def handler(exc: BaseException) -> None:
+        raise exc
+
+    for exc, code in [(NotFound("gone"), errno.ENOENT), (ZeroDivisionError(), errno.EIO)]:
+        with pytest.raises(pyfuse3.FUSEError) as raised:
+            await handler(exc)
+        assert raised.value.errno == code
+    with pytest.raises(pyfuse3.FUSEError) as passed:
+        await handler(pyfuse3.FUSEError(errno.ENOTDIR))
+    assert passed.value.errno == errno.ENOTDIR
+    # Cancellation and other BaseExceptions are not errnos: they go through.
+    with pytest.raises(KeyboardInterrupt):
+        await handler(KeyboardInterrupt())
