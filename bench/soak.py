@@ -689,40 +689,91 @@ def interrupts() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def state_at(timeline: list[tuple[float, str]], when: float) -> str:
-    index = bisect.bisect_right([t for t, _ in timeline], when) - 1
-    return timeline[max(index, 0)][1]
+def states_during(timeline: list[tuple[float, str]], start: float, end: float) -> list[str]:
+    """The states of ``timeline`` in force at some moment of [start, end], in order."""
+    times = [t for t, _ in timeline]
+    first = max(bisect.bisect_right(times, start) - 1, 0)
+    last = max(bisect.bisect_right(times, end) - 1, 0)
+    states: list[str] = []
+    for _, state in timeline[first : last + 1]:
+        if not states or states[-1] != state:
+            states.append(state)
+    return states
+
+
+def outage_ends(faults: list[tuple[float, str]], health: list[tuple[float, str]]) -> list[float]:
+    """When each all-down window (a fault, or the checker seeing no endpoint) ended."""
+    ends = []
+    for timeline, bad in ((faults, "ALL-DOWN"), (health, "none")):
+        ends += [
+            t
+            for (t, state), (_, prev) in zip(timeline[1:], timeline, strict=False)
+            if prev == bad and state != bad
+        ]
+    return sorted(ends)
 
 
 def classify(
-    events: list[tuple[float, float, str, str]], timeline: list[tuple[float, str]], t0: float
+    events: list[tuple[float, float, str, str]],
+    faults: list[tuple[float, str]],
+    health: list[tuple[float, str]],
+    t0: float,
 ) -> tuple[dict[str, int], list[str]]:
-    """Failures by the faults in force when the read started and ended; a log of them.
+    """Failures grouped by what explains them; a log of them, unexplained ones first.
 
-    A failure that started within :data:`AFTER_ALL_DOWN` s after an all-down window
-    ended says so (the checker and davfed need a moment to see the endpoints back).
-    The log lists failures outside all-down windows first.
+    A failure is explained if, while the read ran, every endpoint was down (the
+    ``ALL-DOWN`` fault) or the federation's checker had no endpoint online (``none``:
+    it then answers 404 to every redirect), or if it started within
+    :data:`AFTER_ALL_DOWN` s after such a window ended.
     """
-    ends = [t for (t, state), (_, prev) in zip(timeline[1:], timeline, strict=False)
-            if prev == "ALL-DOWN" and state != "ALL-DOWN"]  # fmt: skip
-    by_state: Counter[str] = Counter()
+    ends = outage_ends(faults, health)
+    groups: Counter[str] = Counter()
     lines: list[tuple[bool, str]] = []
     for start, end, kind, what in sorted(events):
-        before, after = state_at(timeline, start), state_at(timeline, end)
-        states = before if before == after else f"{before} -> {after}"
-        during = "ALL-DOWN" in states
+        fault_states = states_during(faults, start, end)
+        online_states = states_during(health, start, end)
         recent = [start - t for t in ends if 0 <= start - t <= AFTER_ALL_DOWN]
-        if not during and recent:
-            states += f", {min(recent):.1f} s after ALL-DOWN"
-        label = states if during or recent else f"{states}; NOT NEAR AN ALL-DOWN WINDOW"
-        if recent and not during:
-            by_state[f"{kind} within {AFTER_ALL_DOWN:.0f} s after ALL-DOWN"] += 1
+        if "ALL-DOWN" in fault_states:
+            why = "all endpoints down"
+        elif "none" in online_states:
+            why = "the federation saw no endpoint online (checker)"
+        elif recent:
+            why = f"within {AFTER_ALL_DOWN:.0f} s after all endpoints were down"
         else:
-            by_state[f"{kind} during [{states}]"] += 1
-        line = f"t={start - t0:6.2f}..{end - t0:6.2f} s {kind:<10} {what} [{label}]"
-        lines.append((during or bool(recent), line))
+            why = "NOT EXPLAINED by an all-down window"
+        explained = not why.startswith("NOT")
+        groups[f"{kind}: {why}"] += 1
+        detail = f"faults {' -> '.join(fault_states)}; online {' -> '.join(online_states)}"
+        if recent:
+            detail += f"; {min(recent):.1f} s after an outage"
+        line = f"t={start - t0:6.2f}..{end - t0:6.2f} s {kind:<10} {what}: {why} [{detail}]"
+        lines.append((explained, line))
     lines.sort(key=lambda item: item[0])  # stable: the unexplained ones first, in time order
-    return dict(by_state.most_common()), [line for _, line in lines]
+    return dict(groups.most_common()), [line for _, line in lines]
+
+
+class HealthWatch(threading.Thread):
+    """Samples the federation's view of its endpoints (the checker's verdicts) every 0.1 s."""
+
+    def __init__(self, fed: TestFederation) -> None:
+        super().__init__(name="health", daemon=True)
+        self.fed = fed
+        self.timeline: list[tuple[float, str]] = [(time.time(), "0,1,2")]
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.1):
+            try:
+                online = self.fed.online()
+            except (TestFedError, OSError):
+                continue
+            state = ",".join(str(i) for i, up in enumerate(online) if up) or "none"
+            if state != self.timeline[-1][1]:
+                self.timeline.append((time.time(), state))
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=5)
 
 
 def collect(
@@ -765,6 +816,7 @@ def run(args: Args) -> dict[str, Any]:
     procs: list[mp.process.BaseProcess] = []
     fed: TestFederation | None = None
     injector: FaultInjector | None = None
+    watch: HealthWatch | None = None
     monitor: Monitor | None = None
     total = Stats()
     try:
@@ -792,6 +844,8 @@ def run(args: Args) -> dict[str, Any]:
             procs.append(proc)
         injector = FaultInjector(fed, files, args.fault_period, args.seed)
         injector.start()
+        watch = HealthWatch(fed)
+        watch.start()
         finished: set[int] = set()
         next_note = time.monotonic() + 15
         while time.time() < deadline:
@@ -804,6 +858,7 @@ def run(args: Args) -> dict[str, Any]:
                     f"{total.wrong_bytes} wrong bytes, faults {dict(injector.applied)}"
                 )
         injector.stop()
+        watch.stop()
         log("reading time is up; faults cleared, waiting for the readers")
         # A reader finishes its current read; one blocked past HANG_LIMIT is hung.
         while len(finished) < args.readers and time.time() < deadline + HANG_LIMIT:
@@ -824,13 +879,16 @@ def run(args: Args) -> dict[str, Any]:
                     total.wrong_bytes += 1
                     total.wrong_examples.append(f"post-soak read of {name} differs")
         monitor.stop()
-        by_state, failure_log = classify(total.events, injector.timeline, start_wall)
+        groups, failure_log = classify(total.events, injector.timeline, watch.timeline, start_wall)
         report.update(
             {
-                "failures_by_fault_state": by_state,
+                "failures_by_cause": groups,
                 "failure_log": failure_log[:200],
                 "fault_timeline": [
                     f"t={t - start_wall:6.2f} s {state}" for t, state in injector.timeline
+                ][:400],
+                "online_timeline": [
+                    f"t={t - start_wall:6.2f} s online {state}" for t, state in watch.timeline
                 ][:400],
                 "fault_rounds": injector.rounds,
                 "faults_applied": dict(injector.applied),
@@ -848,6 +906,8 @@ def run(args: Args) -> dict[str, Any]:
     finally:
         if injector is not None and injector.is_alive():
             injector.stop()
+        if watch is not None and watch.is_alive():
+            watch.stop()
         for child in procs:
             if child.is_alive():
                 child.kill()
@@ -953,9 +1013,11 @@ def summary(r: dict[str, Any]) -> str:
             f"  daemon peak RSS     {human(r['daemon_peak_rss_bytes'])} (VmHWM)",
             f"  daemon CPU          {r['daemon_cpu_s']} s",
         ]
-    if r.get("failures_by_fault_state"):
-        lines.append("  failures by the faults in force (read start -> end):")
-        lines += [f"    {n:5d}  {state}" for state, n in r["failures_by_fault_state"].items()]
+    if r.get("failures_by_cause"):
+        lines.append("  failures by cause:")
+        lines += [f"    {n:5d}  {cause}" for cause, n in r["failures_by_cause"].items()]
+        unexplained = [line for line in r["failure_log"] if "NOT EXPLAINED" in line]
+        lines += [f"    unexplained: {line}" for line in unexplained[:10]]
     if "faults_applied" in r:
         lines.append(
             f"  faults              {r['fault_rounds']} rounds: {r['faults_applied']}; "
