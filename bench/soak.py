@@ -54,6 +54,10 @@ MOUNT_OPTS = "timeout=2,connect_timeout=1,retries=2"
 HANG_LIMIT = 60.0
 #: Failures this soon after an all-down window ended are counted as part of it.
 AFTER_ALL_DOWN = 3.0
+#: Reads slower than this are listed with the faults in force.
+SLOW = 5.0
+#: The health timeline is sampled this often; a read's window is widened by it.
+HEALTH_SAMPLE = 0.1
 
 # --- deterministic content -----------------------------------------------------------------
 
@@ -168,6 +172,8 @@ class Stats:
     histogram: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
     longest: float = 0.0
     longest_what: str = ""
+    #: (start, end, what) of every read or open slower than SLOW
+    slow: list[tuple[float, float, str]] = field(default_factory=list)
     wrong_examples: list[str] = field(default_factory=list)
     #: (read start, read end, errno or "short read", what): every failure, for the timeline
     events: list[tuple[float, float, str, str]] = field(default_factory=list)
@@ -190,10 +196,14 @@ class Stats:
         self.histogram = [a + b for a, b in zip(self.histogram, other.histogram, strict=True)]
         if other.longest > self.longest:
             self.longest, self.longest_what = other.longest, other.longest_what
+        self.slow = (self.slow + other.slow)[:2000]
         self.wrong_examples = (self.wrong_examples + other.wrong_examples)[:10]
         self.events = (self.events + other.events)[:5000]
 
-    def timed(self, seconds: float, what: str) -> None:
+    def timed(self, seconds: float, what: str, wall: float) -> None:
+        """Record one read (or open) of ``seconds`` that started at ``wall``."""
+        if seconds > SLOW:
+            self.slow.append((wall, wall + seconds, what))
         for i, bound in enumerate(BUCKETS):
             if seconds <= bound:
                 self.histogram[i] += 1
@@ -258,7 +268,7 @@ class Reader:
             self.stats.events.append((wall, time.time(), f"open:{errno_name(exc)}", item.name))
             return None
         finally:
-            self.stats.timed(time.monotonic() - started, f"open {item.name}")
+            self.stats.timed(time.monotonic() - started, f"open {item.name}", wall)
             self.busy[self.slot] = 0.0
 
     @staticmethod
@@ -281,7 +291,7 @@ class Reader:
             self.stats.events.append((wall, time.time(), errno_name(exc), what))
             return False
         finally:
-            self.stats.timed(time.monotonic() - started, what)
+            self.stats.timed(time.monotonic() - started, what, wall)
             self.busy[self.slot] = 0.0
         self.stats.reads += 1
         self.stats.bytes_read += len(data)
@@ -731,7 +741,7 @@ def classify(
     lines: list[tuple[bool, str]] = []
     for start, end, kind, what in sorted(events):
         fault_states = states_during(faults, start, end)
-        online_states = states_during(health, start, end)
+        online_states = states_during(health, start, end + HEALTH_SAMPLE * 1.5)
         recent = [start - t for t in ends if 0 <= start - t <= AFTER_ALL_DOWN]
         if "ALL-DOWN" in fault_states:
             why = "all endpoints down"
@@ -762,7 +772,7 @@ class HealthWatch(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self.stop_event.wait(0.1):
+        while not self.stop_event.wait(HEALTH_SAMPLE):
             try:
                 online = self.fed.online()
             except (TestFedError, OSError):
@@ -868,7 +878,7 @@ def run(args: Args) -> dict[str, Any]:
         stuck = [now - busy[i] for i in hung if busy[i]]
         report["hung_readers"] = len(hung)
         if stuck:
-            total.timed(max(stuck), "a read still blocked when the run ended")
+            total.timed(max(stuck), "a read still blocked when the run ended", now - max(stuck))
         # after the faults: the mount must still serve correct bytes
         for name in ("d0/f0000.bin", "small/s05.bin"):
             item = next((f for f in files if f.name == name), None)
@@ -880,8 +890,15 @@ def run(args: Args) -> dict[str, Any]:
                     total.wrong_examples.append(f"post-soak read of {name} differs")
         monitor.stop()
         groups, failure_log = classify(total.events, injector.timeline, watch.timeline, start_wall)
+        slow_log = [
+            f"t={a - start_wall:6.2f}..{b - start_wall:6.2f} s {what} [faults "
+            f"{' -> '.join(states_during(injector.timeline, a, b))}; online "
+            f"{' -> '.join(states_during(watch.timeline, a, b))}]"
+            for a, b, what in sorted(total.slow, key=lambda x: x[0] - x[1])  # longest first
+        ]
         report.update(
             {
+                "slow_reads": slow_log[:200],
                 "failures_by_cause": groups,
                 "failure_log": failure_log[:200],
                 "fault_timeline": [
@@ -1018,6 +1035,9 @@ def summary(r: dict[str, Any]) -> str:
         lines += [f"    {n:5d}  {cause}" for cause, n in r["failures_by_cause"].items()]
         unexplained = [line for line in r["failure_log"] if "NOT EXPLAINED" in line]
         lines += [f"    unexplained: {line}" for line in unexplained[:10]]
+    if r.get("slow_reads"):
+        lines.append(f"  reads slower than {SLOW:.0f} s: {len(r['slow_reads'])}; the slowest:")
+        lines += [f"    {line}" for line in r["slow_reads"][:5]]
     if "faults_applied" in r:
         lines.append(
             f"  faults              {r['fault_rounds']} rounds: {r['faults_applied']}; "
