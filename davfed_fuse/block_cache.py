@@ -562,23 +562,26 @@ class BlockCache:
         self._flights.update(zip(keys, flights, strict=True))
         try:
             start, end = blockmath.block_range(first, last, ident.size, self.block_size)
+            # The limiter is held until the blocks are on disk: fetched bytes waiting for
+            # a slow disk must not pile up in memory (at most max_fetches runs at once).
             async with self._fetch_limiter:
                 data = await fetch(start, end)
-            if len(data) != end - start:
-                raise BadFetch(f"{ident.url}: asked for bytes {start}-{end - 1}, got {len(data)}")
-            self._counters["bytes_fetched"] += len(data)
-            # Blocks are shared with waiters: read-only views of the fetched buffer, no copies.
-            view = memoryview(data).toreadonly()
-            bs = self.block_size
-            blocks = [view[i * bs : (i + 1) * bs] for i in range(last - first + 1)]
-            for flight, block in zip(flights, blocks, strict=True):
-                flight.data = block
-                flight.event.set()  # waiters are served from memory while we store
-            # Fetched bytes are stored even if the fetch's caller is cancelled meanwhile
-            # (a reader closed its file): throwing them away costs another download.
-            with trio.CancelScope(shield=True):
-                for k, block in enumerate(blocks, first):
-                    await self._store(ident, h, k, block)
+                if len(data) != end - start:
+                    message = f"{ident.url}: asked for bytes {start}-{end - 1}, got {len(data)}"
+                    raise BadFetch(message)
+                self._counters["bytes_fetched"] += len(data)
+                # Blocks are shared with waiters: read-only views of the fetched buffer.
+                view = memoryview(data).toreadonly()
+                bs = self.block_size
+                blocks = [view[i * bs : (i + 1) * bs] for i in range(last - first + 1)]
+                for flight, block in zip(flights, blocks, strict=True):
+                    flight.data = block
+                    flight.event.set()  # waiters are served from memory while we store
+                # Fetched bytes are stored even if the fetch's caller is cancelled meanwhile
+                # (a reader closed its file): throwing them away costs another download.
+                with trio.CancelScope(shield=True):
+                    for k, block in enumerate(blocks, first):
+                        await self._store(ident, h, k, block)
             return blocks
         except Exception as exc:
             if not prefetch:

@@ -215,9 +215,10 @@ class Federation:
            skipping replicas that failed recently.
 
         A replica that fails mid-body keeps the bytes it sent: the read goes on
-        from there on the next replica. When every replica has failed once, the
-        next round starts after a backoff with jitter; after ``retries`` rounds
-        the last error is raised. The caller's deadline bounds all of it.
+        from there on the next replica. When every replica has failed once, or
+        the federation offers none, the next round starts after a backoff with
+        jitter; after ``retries`` rounds the last error is raised. The caller's
+        deadline bounds all of it.
         """
         buffer = bytearray(end - start)
         view = memoryview(buffer)
@@ -266,6 +267,19 @@ class Federation:
                     )
                     if replicas is None:
                         replicas = await self._replicas(path, fallback=None)
+                except NotFound as exc:
+                    # The federation offers no replica of a file it lists: Dynafed's
+                    # answer while its checker sees no endpoint online. That heals as
+                    # endpoints come back: ask again after a backoff.
+                    rounds += 1
+                    if rounds > self.retries:
+                        raise
+                    log.info(
+                        "%s: the federation offers no replica now (%s); asking again", path, exc
+                    )
+                    await trio.sleep(backoff(rounds))
+                    replicas = None
+                    tried.clear()
         finally:
             view.release()
         return buffer

@@ -50,6 +50,7 @@ class World:
         self.total = len(DATA)
         self.body_delta = 0  # bytes added to (or cut from) each ranged body
         self.metalink = True
+        self.no_replica_answers = 0
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -77,6 +78,9 @@ class World:
     def federation(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if path == "/myfed/missing":
+            return httpx.Response(404)
+        if self.no_replica_answers > 0:  # Dynafed while its checker sees no endpoint online
+            self.no_replica_answers -= 1
             return httpx.Response(404)
         if path.startswith("/myfed/hop"):
             hop = int(path.removeprefix("/myfed/hop"))
@@ -250,3 +254,16 @@ async def test_a_slow_target_costs_at_most_the_budget(
     with pytest.raises(UpstreamTimeout, match="within 5 s"):
         await fed.read("f", 0, 10, len(DATA))
     assert trio.current_time() - started == pytest.approx(5.0)
+
+
+async def test_a_federation_without_replicas_for_a_moment_is_asked_again(
+    world: World, autojump_clock: trio.abc.Clock
+) -> None:
+    world.no_replica_answers = 2
+    fed = make(world, retries=3)
+    assert await fed.read("f", 0, 10, len(DATA)) == DATA[:10]
+    assert [r.url.host for r in world.requests].count("fed.test") == 3
+    world.no_replica_answers = 10
+    fed.forget_target("f")
+    with pytest.raises(UpstreamError, match="no replica can serve it"):
+        await fed.read("f", 0, 10, len(DATA))
