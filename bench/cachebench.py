@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from davfed_fuse.mounts import daemon_pid  # noqa: E402
 from davfed_fuse.testfed import TestFederation  # noqa: E402
 
 KiB = 1 << 10
@@ -214,20 +215,6 @@ def proc_hwm_mb(pid: int | None) -> float | None:
                 return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         pass
-    return None
-
-
-def find_daemon(mnt: Path) -> int | None:
-    """The pid of the davfed daemon serving ``mnt`` (``--ready-fd`` and the mountpoint)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--ready-fd" in argv and os.fsencode(str(mnt)) in argv:
-            return int(entry.name)
     return None
 
 
@@ -432,12 +419,12 @@ class DavfedMount:
         # registered first: an interrupt during the helper may still leave a daemon mounting
         self._key = CLEANUP.push(f"davfed mount {self.mnt}", self._umount)
         run(in_netns(netns, [str(MOUNT_HELPER), url, str(self.mnt), "-o", opts]), timeout=120)
-        self.pid = find_daemon(self.mnt)
+        self.pid = daemon_pid(self.mnt)
         if self.pid is None:
             say(f"warning: no daemon process found for {self.mnt}; no CPU/RSS figures")
 
     def _umount(self) -> None:
-        pid = self.pid or find_daemon(self.mnt)
+        pid = self.pid or daemon_pid(self.mnt)
         alive = lambda: pid is not None and Path(f"/proc/{pid}").exists()  # noqa: E731
         deadline = time.monotonic() + 10
         while alive() and not mounted(self.mnt) and time.monotonic() < deadline:

@@ -41,7 +41,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from davfed_fuse.mounts import find_mount  # noqa: E402
+from davfed_fuse.mounts import daemon_pid, find_mount  # noqa: E402
 from davfed_fuse.testfed import TestFederation, TestFedError  # noqa: E402
 
 MiB = 1 << 20
@@ -494,22 +494,6 @@ class FaultInjector(threading.Thread):
 
 
 # --- the daemon -----------------------------------------------------------------------------
-
-
-def daemon_pid(mountpoint: Path) -> int | None:
-    """The davfed daemon serving ``mountpoint``: cmdline has ``--ready-fd`` and the mountpoint."""
-    target = str(mountpoint)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        words = [a.decode(errors="replace") for a in args]
-        if "--ready-fd" in words and target in words:
-            return int(entry)
-    return None
 
 
 def proc_status(pid: int, key: str) -> int | None:

@@ -105,6 +105,26 @@ def find_mount(
     return found
 
 
+def daemon_pid(mountpoint: str | os.PathLike[str], proc: str = "/proc") -> int | None:
+    """The pid of the davfed daemon serving ``mountpoint``, or None.
+
+    The daemon is the process whose arguments hold ``--ready-fd`` (the launcher
+    always passes it) and the mountpoint, exactly as it was given.
+    """
+    target = os.fsencode(os.fspath(mountpoint))
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, entry, "cmdline"), "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"--ready-fd" in argv and target in argv:
+            return int(entry)
+    return None
+
+
 def is_stale(path: str | os.PathLike[str]) -> bool:
     """True if ``path`` is a FUSE mountpoint whose daemon is gone (ENOTCONN).
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from davfed_fuse.mounts import find_mount
+from davfed_fuse.mounts import daemon_pid, find_mount
 
 REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "bin" / "mount.davfed"
@@ -66,6 +66,13 @@ def sha256_file(path: Path) -> str:
 
 
 Mounter = Callable[..., Path]
+
+
+def the_daemon(mnt: Path) -> int:
+    """The pid of the daemon serving ``mnt`` (the test fails if there is none)."""
+    pid = daemon_pid(mnt)
+    assert pid is not None, f"no daemon for {mnt}"
+    return pid
 
 
 def is_mounted(path: Path) -> bool:

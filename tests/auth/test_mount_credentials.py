@@ -24,7 +24,7 @@ from cryptography import x509
 
 from davfed_fuse.testfed import TestFederation
 from davfed_fuse.testfed.pki import TestPKI
-from tests.mounting import Mounter, is_mounted, requires_fuse, run_helper
+from tests.mounting import Mounter, is_mounted, requires_fuse, run_helper, the_daemon
 
 pytestmark = [pytest.mark.mount, requires_fuse]
 
@@ -282,14 +282,12 @@ def test_a_bearer_token_works_and_never_reaches_storage(
 
 
 def daemon_cmdline(mnt: Path) -> str:
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "--ready-fd" in cmdline and str(mnt) in cmdline:
-            return cmdline
-    raise AssertionError(f"no daemon for {mnt}")
+    return (
+        (Path("/proc") / str(the_daemon(mnt)) / "cmdline")
+        .read_bytes()
+        .replace(b"\0", b" ")
+        .decode()
+    )
 
 
 def test_no_secret_in_ps_or_in_errors(

@@ -13,22 +13,11 @@ from pathlib import Path
 import pytest
 
 from davfed_fuse.testfed import TestFederation
-from tests.mounting import MiB, Mounter, requires_fuse, write_big
+from tests.mounting import MiB, Mounter, requires_fuse, the_daemon, write_big
 
 pytestmark = [pytest.mark.mount, requires_fuse]
 
 SIZE = 96 * MiB
-
-
-def daemon_pid(mnt: Path) -> int:
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "--ready-fd" in cmdline and str(mnt) in cmdline:
-            return int(proc.name)
-    raise AssertionError(f"no daemon for {mnt}")
 
 
 def fetched(fed: TestFederation) -> int:
@@ -57,7 +46,7 @@ def test_kill_9_mid_read_then_remount(
         stderr=subprocess.PIPE,
     )
     time.sleep(0.05)
-    os.kill(daemon_pid(mnt), signal.SIGKILL)
+    os.kill(the_daemon(mnt), signal.SIGKILL)
     reader.communicate(timeout=30)  # the reader gets an error (or finished first): no hang
     kept = block_files(cache)
     assert len(kept) >= 8, "the cache survived the crash"

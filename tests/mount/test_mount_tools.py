@@ -15,7 +15,7 @@ import pytest
 
 from davfed_fuse.mounts import read_mountinfo
 from davfed_fuse.testfed import TestFederation
-from tests.mounting import REPO, Mounter, requires_fuse, run_helper, unmount
+from tests.mounting import REPO, Mounter, requires_fuse, run_helper, the_daemon, unmount
 
 pytestmark = [pytest.mark.mount, requires_fuse]
 
@@ -125,7 +125,7 @@ def test_a_dead_daemon_is_detached_before_remounting(
     federation: TestFederation, mounter: Mounter
 ) -> None:
     mnt = mounter(federation.url)
-    os.kill(_daemon_of(mnt), signal.SIGKILL)
+    os.kill(the_daemon(mnt), signal.SIGKILL)
     with pytest.raises(OSError) as dead:
         os.listdir(mnt)
     # The first request after the death is ECONNABORTED, later ones ENOTCONN.
@@ -135,34 +135,18 @@ def test_a_dead_daemon_is_detached_before_remounting(
     assert (mnt / "file-1.bin").read_bytes() == (federation.data_dir / "file-1.bin").read_bytes()
 
 
-def _daemon_of(mnt: Path) -> int:
-    (daemon,) = [
-        p
-        for p in Path("/proc").glob("[0-9]*")
-        if str(mnt) in _cmdline(p) and "--ready-fd" in _cmdline(p)
-    ]
-    return int(daemon.name)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_unmounts_cleanly(
     federation: TestFederation, mounter: Mounter, signum: int
 ) -> None:
     mnt = mounter(federation.url)
-    pid = _daemon_of(mnt)
+    pid = the_daemon(mnt)
     os.kill(pid, signum)
     deadline = time.monotonic() + 20
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f"/proc/{pid}").exists(), "the daemon did not exit"
     assert mounts_on(mnt) == 0, "the daemon left its mount behind"
-
-
-def _cmdline(proc: Path) -> str:
-    try:
-        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def test_a_denied_file_is_eacces(federation: TestFederation, mounter: Mounter) -> None:

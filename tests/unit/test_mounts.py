@@ -9,6 +9,7 @@ import pytest
 
 from davfed_fuse.mounts import (
     MountEntry,
+    daemon_pid,
     find_mount,
     is_stale,
     parse_mountinfo,
@@ -104,3 +105,18 @@ def test_is_stale_is_false_for_ordinary_paths(tmp_path: Path) -> None:
     assert not is_stale(tmp_path)
     assert not is_stale(tmp_path / "missing")
     assert not is_stale(os.devnull)
+
+
+def test_the_daemon_of_a_mountpoint_is_found_by_its_arguments(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    for pid, argv in {
+        "10": [b"python", b"-m", b"davfed_fuse", b"mount", b"-f", b"--ready-fd", b"4", b"/mnt/a"],
+        "11": [b"python", b"-m", b"davfed_fuse", b"mount", b"-f", b"--ready-fd", b"4", b"/mnt/ab"],
+        "12": [b"cat", b"/mnt/a"],
+    }.items():
+        (proc / pid).mkdir(parents=True)
+        (proc / pid / "cmdline").write_bytes(b"\0".join(argv) + b"\0")
+    (proc / "self").mkdir()
+    assert daemon_pid("/mnt/a", proc=str(proc)) == 10
+    assert daemon_pid("/mnt/ab", proc=str(proc)) == 11
+    assert daemon_pid("/mnt/b", proc=str(proc)) is None
