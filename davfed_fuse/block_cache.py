@@ -462,9 +462,9 @@ class BlockCache:
         try:
             got = os.preadv(fd, [buf], lo, _NOWAIT)
         except BlockingIOError:
-            # Not in the page cache: have the kernel read the whole block at once
-            # (not request by request), then read this part in a thread.
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            # Not in the page cache: read it in a thread. (Sequential readers have
+            # had their next blocks advised into the page cache by prefetch();
+            # a random reader must not pull in a whole block for 64 KiB.)
             return None
         except OSError as exc:
             if exc.errno != errno.EOPNOTSUPP:
