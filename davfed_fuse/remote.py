@@ -260,13 +260,13 @@ class Federation:
                     self._penalise(failed.url)
                     last_error = failed.error
                     tried.add(origin(failed.url))
+                    # The next turn asks the federation again (the 302 and, if that
+                    # names a penalised endpoint, the metalink), inside this try.
                     log.warning(
                         "replica failed, trying another: %s",
                         failed.error,
                         extra={"event.action": "failover", "url.path": path},
                     )
-                    if replicas is None:
-                        replicas = await self._replicas(path, fallback=None)
                 except NotFound as exc:
                     # The federation offers no replica of a file it lists: Dynafed's
                     # answer while its checker sees no endpoint online. That heals as
