@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 import os
 import stat
 from collections.abc import Callable, Coroutine, Sequence
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
 
 from davfed_fuse.errors import ReadOnly, errno_for
@@ -39,12 +41,19 @@ _EXPECTED = frozenset({errno.ENOENT, errno.EACCES, errno.EROFS})
 def fuse_errors(
     handler: Callable[P, Coroutine[Any, Any, R]],
 ) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Run ``handler`` so that every failure reaches the kernel as an errno."""
+    """Run ``handler`` so that every failure reaches the kernel as an errno.
+
+    A handler of an object with a ``request_timeout`` gets that many seconds in
+    all (waiting for another reader's fetch included); then it fails with
+    ETIMEDOUT. No request waits for ever, whatever is stuck below it.
+    """
 
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        budget = getattr(args[0], "request_timeout", math.inf) if args else math.inf
         try:
-            return await handler(*args, **kwargs)
+            with trio.fail_after(budget):
+                return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except Exception as exc:
@@ -101,9 +110,16 @@ class DavfedOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(
-        self, namespace: Namespace, attributes: Attributes, open_reader: ReaderFactory
+        self,
+        namespace: Namespace,
+        attributes: Attributes,
+        open_reader: ReaderFactory,
+        *,
+        request_timeout: float = math.inf,
     ) -> None:
         super().__init__()
+        #: Seconds any one request may take in all (see :func:`fuse_errors`).
+        self.request_timeout = request_timeout
         self._ns = namespace
         self._attributes = attributes
         self._open_reader = open_reader

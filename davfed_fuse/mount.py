@@ -323,7 +323,10 @@ async def serve(config: Config, readiness: Readiness) -> None:
                         federation, entry, cache, nursery, limiter, config.readahead
                     )
 
-                operations = DavfedOperations(namespace, attributes, open_reader)
+                # A request may wait for another reader's fetch, then fetch itself.
+                operations = DavfedOperations(
+                    namespace, attributes, open_reader, request_timeout=2 * budget
+                )
                 try:
                     pyfuse3.init(operations, str(mountpoint), fuse_options(config))
                 except RuntimeError as exc:

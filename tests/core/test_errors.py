@@ -63,3 +63,20 @@ async def test_no_exception_escapes_a_handler_but_as_fuse_error() -> None:
     # Cancellation and other BaseExceptions are not errnos: they go through.
     with pytest.raises(KeyboardInterrupt):
         await handler(KeyboardInterrupt())
+
+
+async def test_a_request_that_outlives_its_budget_is_etimedout(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    class Ops:
+        request_timeout = 5.0
+
+        @fuse_errors
+        async def read(self) -> None:
+            await trio.sleep(1000)  # something below is stuck
+
+    started = trio.current_time()
+    with pytest.raises(pyfuse3.FUSEError) as raised:
+        await Ops().read()
+    assert raised.value.errno == errno.ETIMEDOUT
+    assert trio.current_time() - started == pytest.approx(5.0)
