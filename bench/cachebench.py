@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -406,6 +406,19 @@ def write_random(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
+#: A counter of the bytes the storage endpoints have sent so far.
+Fetched = Callable[[], int]
+
+
+class Mount(Protocol):
+    """What the rows need of a mounted filesystem (davfed's or rclone's)."""
+
+    mnt: Path
+    pid: int | None
+
+    def close(self) -> None: ...
+
+
 class DavfedMount:
     """``bin/mount.davfed`` with a fresh cache dir, optionally in a client namespace."""
 
@@ -720,40 +733,11 @@ class Bench:
         res["davfed_seq_rss_peak_mb"] = proc_hwm_mb(m.pid)
         m.close()
 
-        n = self.args.random_reads
-        say(f"loopback: davfed {n} random 64 KiB reads, cold then warm")
-        m = DavfedMount(self.ws, fed.url, extra_opts=self.args.davfed_opts)
-        path = m.mnt / "big.bin"
-        path.stat()
-        self.cold_prep()
-        before = fetched()
-        cpu0 = proc_cpu(m.pid)
-        res["davfed_random_cold"] = random_reads(path, self.big, size, n, seed=1)
-        res["davfed_random_cold"]["cpu_s"] = round(proc_cpu(m.pid) - cpu0, 3)
-        res["davfed_random_cold"]["bytes_fetched"] = settled(fetched) - before
-        drop_caches()
-        cpu0 = proc_cpu(m.pid)
-        res["davfed_random_warm"] = random_reads(path, self.big, size, n, seed=1)
-        res["davfed_random_warm"]["cpu_s"] = round(proc_cpu(m.pid) - cpu0, 3)
-        m.close()
+        def open_davfed() -> Mount:
+            return DavfedMount(self.ws, fed.url, extra_opts=self.args.davfed_opts)
 
-        readers = self.args.readers
-        say(f"loopback: davfed, {readers} processes reading the same cold file")
-        m = DavfedMount(self.ws, fed.url, extra_opts=self.args.davfed_opts)
-        path = m.mnt / "big.bin"
-        path.stat()
-        self.cold_prep()
-        before = fetched()
-        cpu0 = proc_cpu(m.pid)
-        row = parallel_readers(path, readers, self.sha)
-        row["cpu_s"] = round(proc_cpu(m.pid) - cpu0, 3)
-        row["bytes_fetched"] = settled(fetched) - before
-        row["fetch_ratio"] = round(row["bytes_fetched"] / size, 3)
-        row["rss_peak_mb"] = proc_hwm_mb(m.pid)
-        res["davfed_readers"] = row
-        if not row["all_correct"]:
-            self.note(f"{row['wrong_readers']} of {readers} davfed readers got wrong bytes")
-        m.close()
+        self.random_rows("davfed", open_davfed, fetched)
+        self.readers_row("davfed", open_davfed, fetched)
 
         if self.args.rclone:
             self.loopback_rclone(fed.endpoints[0].base_url, fed.bytes_sent)
@@ -781,31 +765,53 @@ class Bench:
         res["rclone_warm_pagecache"] = measure(r.pid, lambda: read_paths([path]))
         r.close()
 
-        n = self.args.random_reads
-        say(f"loopback: rclone {n} random 64 KiB reads, cold then warm")
-        r = RcloneMount(self.ws, base_url)
-        path = r.mnt / "big.bin"
-        path.stat()
-        self.cold_prep()
-        before = fetched()
-        res["rclone_random_cold"] = random_reads(path, self.big, size, n, seed=1)
-        res["rclone_random_cold"]["bytes_fetched"] = settled(fetched) - before
-        drop_caches()
-        res["rclone_random_warm"] = random_reads(path, self.big, size, n, seed=1)
-        r.close()
+        def open_rclone() -> Mount:
+            return RcloneMount(self.ws, base_url)
 
-        readers = self.args.readers
-        say(f"loopback: rclone, {readers} processes reading the same cold file")
-        r = RcloneMount(self.ws, base_url)
-        path = r.mnt / "big.bin"
+        self.random_rows("rclone", open_rclone, fetched)
+        self.readers_row("rclone", open_rclone, fetched)
+
+    def random_rows(self, name: str, open_mount: Callable[[], Mount], fetched: Fetched) -> None:
+        """Random 64 KiB reads of the big file through a fresh mount: cold, then warm."""
+        res = self.results["loopback"]
+        n = self.args.random_reads
+        say(f"loopback: {name} {n} random 64 KiB reads, cold then warm")
+        m = open_mount()
+        path = m.mnt / "big.bin"
         path.stat()
         self.cold_prep()
         before = fetched()
+        cpu0 = proc_cpu(m.pid)
+        cold = random_reads(path, self.big, self.size, n, seed=1)
+        cold["cpu_s"] = round(proc_cpu(m.pid) - cpu0, 3)
+        cold["bytes_fetched"] = settled(fetched) - before
+        res[f"{name}_random_cold"] = cold
+        drop_caches()
+        cpu0 = proc_cpu(m.pid)
+        warm = random_reads(path, self.big, self.size, n, seed=1)
+        warm["cpu_s"] = round(proc_cpu(m.pid) - cpu0, 3)
+        res[f"{name}_random_warm"] = warm
+        m.close()
+
+    def readers_row(self, name: str, open_mount: Callable[[], Mount], fetched: Fetched) -> None:
+        """``--readers`` processes reading the same cold file through a fresh mount."""
+        readers = self.args.readers
+        say(f"loopback: {name}, {readers} processes reading the same cold file")
+        m = open_mount()
+        path = m.mnt / "big.bin"
+        path.stat()
+        self.cold_prep()
+        before = fetched()
+        cpu0 = proc_cpu(m.pid)
         row = parallel_readers(path, readers, self.sha)
+        row["cpu_s"] = round(proc_cpu(m.pid) - cpu0, 3)
         row["bytes_fetched"] = settled(fetched) - before
-        row["fetch_ratio"] = round(row["bytes_fetched"] / size, 3)
-        res["rclone_readers"] = row
-        r.close()
+        row["fetch_ratio"] = round(row["bytes_fetched"] / self.size, 3)
+        row["rss_peak_mb"] = proc_hwm_mb(m.pid)
+        self.results["loopback"][f"{name}_readers"] = row
+        if not row["all_correct"]:
+            self.note(f"{row['wrong_readers']} of {readers} {name} readers got wrong bytes")
+        m.close()
 
     def rss_set(self, url: str, fetched: Callable[[], int]) -> None:
         say("loopback: davfed peak RSS while 5 processes read a 5-file input set")
