@@ -35,15 +35,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from davfed_fuse.testfed.storage import accepting, free_port, set_pdeathsig
 
 MODULE_DIR = Path("/usr/lib/apache2/modules")
 MODULES = (
@@ -175,23 +175,6 @@ Listen {site.address}:{site.optional_port} https
 """
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _accepting(address: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((address, port)) == 0
-
-
-def _free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
-
-
 def child_pids(pid: int) -> list[int]:
     """Processes whose parent is ``pid`` (Apache's workers)."""
     found = []
@@ -289,9 +272,9 @@ class ApacheFrontEnd:
         attempts = 5 if pick_require or pick_optional else 1
         for attempt in range(attempts):
             if pick_require:
-                self.require_port = _free_port(self._address)
+                self.require_port = free_port(self._address)
             if pick_optional:
-                self.optional_port = _free_port(self._address)
+                self.optional_port = free_port(self._address)
             self._write_config()
             try:
                 await self._launch(timeout)
@@ -320,7 +303,7 @@ class ApacheFrontEnd:
                 stderr=stderr,
                 env=env,
                 cwd=self.work_dir,
-                preexec_fn=_set_pdeathsig,
+                preexec_fn=set_pdeathsig,
             )
         deadline = time.monotonic() + timeout
         while True:
@@ -333,7 +316,7 @@ class ApacheFrontEnd:
                             "is already in use"
                         )
                 raise ApacheError(f"apache2 failed: {self._error_tail()}")
-            if _accepting(self._address, self.require_port) and _accepting(
+            if accepting(self._address, self.require_port) and accepting(
                 self._address, self.optional_port
             ):
                 return

@@ -33,11 +33,9 @@ federation, with ``PR_SET_PDEATHSIG`` so it never outlives it.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, replace
@@ -49,8 +47,10 @@ from davfed_fuse.testfed.storage import (
     EndpointInfo,
     FaultServer,
     StallGate,
+    accepting,
     free_port,
     replica_path,
+    set_pdeathsig,
     write_resized,
 )
 
@@ -202,17 +202,6 @@ http {{
 """
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _accepting(port: int, address: str) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((address, port)) == 0
-
-
 class NginxEndpoint:
     """A ``dav`` endpoint: one nginx process, its config and fault flags."""
 
@@ -304,7 +293,7 @@ class NginxEndpoint:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
-                preexec_fn=_set_pdeathsig,
+                preexec_fn=set_pdeathsig,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -313,7 +302,7 @@ class NginxEndpoint:
                 message = stderr_path.read_text(errors="replace").strip().splitlines()
                 detail = message[-1] if message else "exited at once"
                 raise NginxError(f"nginx for ep{self.info.index} failed: {detail}")
-            if all(_accepting(p, self.info.address) for p in self._ports()):
+            if all(accepting(self.info.address, p) for p in self._ports()):
                 return
             if time.monotonic() > deadline:
                 await self.stop()

@@ -22,9 +22,11 @@ Must not import: ``frontend``, ``server``.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -112,6 +114,19 @@ def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((address, 0))
         return int(s.getsockname()[1])
+
+
+def accepting(address: str, port: int) -> bool:
+    """Whether something accepts TCP connections on ``address:port`` now."""
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((address, port)) == 0
+
+
+def set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """``preexec_fn`` for a server child: it gets SIGTERM when the federation dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def listen_socket(port: int, address: str = "127.0.0.1") -> socket.socket:
