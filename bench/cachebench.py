@@ -706,22 +706,8 @@ class Bench:
         say("loopback: curl -o /dev/null of the replica URL")
         res["curl"] = curl(replica)
 
-        say("loopback: davfed cold sequential read")
         m = DavfedMount(self.ws, fed.url, extra_opts=self.args.davfed_opts)
-        path = m.mnt / "big.bin"
-        os.listdir(m.mnt)
-        path.stat()
-        self.cold_prep()
-        before = fetched()
-        res["davfed_cold"] = measure(m.pid, lambda: read_paths([path]))
-        res["davfed_cold"]["fetch_ratio"] = round((settled(fetched) - before) / size, 3)
-        check_sample(path, self.big, size)
-
-        say("loopback: davfed warm read (page cache dropped: from the block files)")
-        drop_caches()
-        res["davfed_warm"] = measure(m.pid, lambda: read_paths([path]))
-        say("loopback: davfed warm read (page cache kept)")
-        res["davfed_warm_pagecache"] = measure(m.pid, lambda: read_paths([path]))
+        self.sequential_rows("davfed", m, fetched)
         blocks = m.block_files()
         block_bytes = sum(p.stat().st_size for p in blocks)
         if block_bytes != size:
@@ -746,23 +732,9 @@ class Bench:
         CLEANUP.release(key)
 
     def loopback_rclone(self, base_url: str, ep_bytes: Callable[[int], int]) -> None:
-        res = self.results["loopback"]
-        size = self.size
         fetched = lambda: ep_bytes(0)  # noqa: E731
-        say("loopback: rclone cold sequential read")
         r = RcloneMount(self.ws, base_url)
-        path = r.mnt / "big.bin"
-        os.listdir(r.mnt)
-        path.stat()
-        self.cold_prep()
-        before = fetched()
-        res["rclone_cold"] = measure(r.pid, lambda: read_paths([path]))
-        res["rclone_cold"]["fetch_ratio"] = round((settled(fetched) - before) / size, 3)
-        check_sample(path, self.big, size)
-        say("loopback: rclone warm reads")
-        drop_caches()
-        res["rclone_warm"] = measure(r.pid, lambda: read_paths([path]))
-        res["rclone_warm_pagecache"] = measure(r.pid, lambda: read_paths([path]))
+        self.sequential_rows("rclone", r, fetched)
         r.close()
 
         def open_rclone() -> Mount:
@@ -770,6 +742,24 @@ class Bench:
 
         self.random_rows("rclone", open_rclone, fetched)
         self.readers_row("rclone", open_rclone, fetched)
+
+    def sequential_rows(self, name: str, m: Mount, fetched: Fetched) -> None:
+        """The big file read through ``m``: cold, warm (page cache dropped), warm (kept)."""
+        res = self.results["loopback"]
+        say(f"loopback: {name} cold sequential read")
+        path = m.mnt / "big.bin"
+        os.listdir(m.mnt)
+        path.stat()
+        self.cold_prep()
+        before = fetched()
+        res[f"{name}_cold"] = measure(m.pid, lambda: read_paths([path]))
+        res[f"{name}_cold"]["fetch_ratio"] = round((settled(fetched) - before) / self.size, 3)
+        check_sample(path, self.big, self.size)
+        say(f"loopback: {name} warm read (page cache dropped)")
+        drop_caches()
+        res[f"{name}_warm"] = measure(m.pid, lambda: read_paths([path]))
+        say(f"loopback: {name} warm read (page cache kept)")
+        res[f"{name}_warm_pagecache"] = measure(m.pid, lambda: read_paths([path]))
 
     def random_rows(self, name: str, open_mount: Callable[[], Mount], fetched: Fetched) -> None:
         """Random 64 KiB reads of the big file through a fresh mount: cold, then warm."""
