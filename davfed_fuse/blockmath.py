@@ -15,6 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+#: Bytes as they travel from the network to the cache and to the kernel: any contiguous
+#: buffer (pyfuse3 accepts them all). Large fetches arrive in memory-mapped buffers.
+Buffer = bytes | bytearray | memoryview
+
 
 @dataclass(frozen=True, slots=True)
 class BlockSpan:

@@ -28,6 +28,7 @@ from davfed_fuse import __version__
 from davfed_fuse.block_cache import BlockCache, CacheLocked
 from davfed_fuse.config import Config
 from davfed_fuse.credentials import Credentials, CredentialTransport, discover, searched
+from davfed_fuse.endpoints import Endpoints
 from davfed_fuse.errors import DavfedError, Forbidden, MountError, NotFound
 from davfed_fuse.fuse_ops import Attributes, DavfedOperations, Reader
 from davfed_fuse.mounts import read_mountinfo
@@ -282,10 +283,20 @@ async def serve(config: Config, readiness: Readiness) -> None:
         ):
             # A FUSE request may try two replicas, each within the per-operation deadlines.
             budget = 2 * (config.timeout + config.connect_timeout)
+            endpoints = Endpoints(
+                tls=credentials,
+                timeout=config.timeout,
+                connect_timeout=config.connect_timeout,
+                connections=config.max_connections + 2,
+                proxy=proxy,
+                user_agent=f"davfed/{__version__}",
+            )
+            stack.callback(endpoints.close)
             federation = Federation(
                 config.url,
                 client,
                 background_client=background,
+                endpoints=endpoints,
                 federation_headers=credentials.headers,
                 budget=budget,
                 retries=config.retries,

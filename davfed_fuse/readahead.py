@@ -15,7 +15,8 @@ import logging
 import trio
 
 from davfed_fuse import blockmath
-from davfed_fuse.block_cache import BlockCache, Buffer, Fetcher, FileIdentity
+from davfed_fuse.block_cache import BlockCache, Fetcher, FileIdentity
+from davfed_fuse.blockmath import Buffer
 
 log = logging.getLogger(__name__)
 

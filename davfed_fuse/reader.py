@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import trio
 
 from davfed_fuse.block_cache import BlockCache, FileIdentity
+from davfed_fuse.blockmath import Buffer
 from davfed_fuse.fuse_ops import Data, Reader
 from davfed_fuse.readahead import FileReader, ReadaheadPolicy
 from davfed_fuse.remote import Federation
@@ -66,10 +67,10 @@ class CachedReader(Reader):
         limiter: trio.CapacityLimiter,
         readahead: int,
     ) -> None:
-        async def fetch(start: int, end: int) -> bytes | bytearray:
+        async def fetch(start: int, end: int) -> Buffer:
             return await federation.read(entry.path, start, end, entry.size)
 
-        async def fetch_ahead(start: int, end: int) -> bytes | bytearray:
+        async def fetch_ahead(start: int, end: int) -> Buffer:
             return await federation.read(entry.path, start, end, entry.size, background=True)
 
         policy = ReadaheadPolicy(entry.size, cache.block_size, max_bytes=readahead)

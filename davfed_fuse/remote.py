@@ -21,22 +21,31 @@ Redirect policy (dynafed-protocol.md §3, §4):
 from __future__ import annotations
 
 import logging
+import mmap
 import random
-import re
-import ssl
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import NoReturn, cast
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import trio
 
+from davfed_fuse.blockmath import Buffer
+from davfed_fuse.endpoints import (
+    BodyPlan,
+    Endpoints,
+    Redirect,
+    TargetFailed,
+    connection_error,
+    plan_body,
+    redirect_target,
+    status_error,
+)
 from davfed_fuse.errors import (
     BadResponse,
-    Forbidden,
     IntegrityError,
     NotFound,
     UpstreamError,
@@ -56,20 +65,9 @@ from davfed_fuse.webdav import (
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-
-
-class _TargetFailed(Exception):
-    """A replica failed in a way another replica may not: try the next one.
-
-    ``got`` bytes of the asked range had arrived intact before the failure.
-    """
-
-    def __init__(self, error: Exception, url: str, got: int = 0) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.url = url
-        self.got = got
+#: Fetch buffers from this size up are memory maps (:func:`new_buffer`).
+MMAP_MIN = 1 << 20
+_HUGEPAGE: int | None = getattr(mmap, "MADV_HUGEPAGE", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +83,6 @@ def origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, (parts.hostname or "").lower(), parts.port
 
 
-def parse_content_range(value: str) -> tuple[int, int, int | None]:
-    """``bytes a-b/total`` -> (a, b + 1, total or None). Raises BadResponse."""
-    match = _CONTENT_RANGE.match(value.strip())
-    if not match:
-        raise BadResponse(f"unreadable Content-Range {value!r}")
-    first, last, total = match.groups()
-    return int(first), int(last) + 1, None if total == "*" else int(total)
-
-
 class Federation:
     """The federation at ``base_url`` seen through one ``httpx.AsyncClient``.
 
@@ -107,6 +96,7 @@ class Federation:
         client: httpx.AsyncClient,
         background_client: httpx.AsyncClient | None = None,
         *,
+        endpoints: Endpoints | None = None,
         federation_headers: Callable[[], dict[str, str]] | None = None,
         wall_clock: Callable[[], float] = time.time,
         budget: float = 120.0,
@@ -120,6 +110,9 @@ class Federation:
         # Read-ahead gets connections of its own, so that a reader's request finds
         # an idle, warmed-up connection instead of queueing behind 8 MiB transfers.
         self._background = background_client or client
+        # Storage endpoints' data: in worker threads straight into the buffer (see
+        # endpoints.py); without, through the httpx clients like everything else.
+        self._endpoints = endpoints
         self._federation_headers = federation_headers or dict
         self._wall_clock = wall_clock
         #: Seconds one call of :meth:`stat`, :meth:`listdir` or :meth:`read` may take
@@ -153,7 +146,7 @@ class Federation:
             except httpx.TransportError as exc:
                 raise transport_error(exc, f"PROPFIND {path or '/'}") from exc
             if response.status_code in (301, 302, 303, 307, 308):
-                url = self._redirect_url(url, response)
+                url = redirect_target(url, response.headers.get("Location"), response.status_code)
                 if origin(url) != self._origin:
                     raise BadResponse(f"PROPFIND {path!r} redirected off the federation")
                 continue
@@ -162,7 +155,7 @@ class Federation:
             raise BadResponse(f"PROPFIND {path!r}: more than {MAX_REDIRECTS} redirects")
         if response.status_code == 207:
             return parse_multistatus(response.content, self.root_path)
-        raise self._status_error(response, f"PROPFIND {path or '/'}")
+        raise status_error(response.status_code, f"PROPFIND {path or '/'}")
 
     async def stat(self, path: str) -> RemoteEntry:
         """What the federation says about ``path``; NotFound if it does not exist."""
@@ -183,7 +176,7 @@ class Federation:
 
     async def read(
         self, path: str, start: int, end: int, size: int, *, background: bool = False
-    ) -> bytes | bytearray:
+    ) -> Buffer:
         """Bytes ``[start, end)`` of the file ``path`` whose size is ``size``.
 
         Returns exactly ``min(end, size) - start`` bytes (empty at or past EOF),
@@ -206,7 +199,7 @@ class Federation:
 
     async def _read(
         self, path: str, start: int, end: int, size: int, client: httpx.AsyncClient
-    ) -> bytearray:
+    ) -> Buffer:
         """Fill ``[start, end)`` from whichever replica can serve it.
 
         1. The file's remembered target, if fresh and its endpoint is not penalised.
@@ -220,7 +213,7 @@ class Federation:
         jitter; after ``retries`` rounds the last error is raised. The caller's
         deadline bounds all of it.
         """
-        buffer = bytearray(end - start)
+        buffer = new_buffer(end - start)
         view = memoryview(buffer)
         pos = start
         replicas: list[str] | None = None  # from the metalink, once a replica failed
@@ -254,7 +247,7 @@ class Federation:
                     tried.add(origin(url))
                     pos += await self._get_range(client, url, pos, end, size, into)
                     self._remember(path, url)
-                except _TargetFailed as failed:
+                except TargetFailed as failed:
                     pos += failed.got
                     self._targets.pop(path, None)
                     self._penalise(failed.url)
@@ -354,8 +347,8 @@ class Federation:
             request = self._client.build_request("HEAD", url, headers=self._headers_for(url))
             response = await self._client.send(request)
             if response.status_code not in (301, 302, 303, 307, 308):
-                raise self._status_error(response, f"HEAD {path}")
-            url = self._redirect_url(url, response)
+                raise status_error(response.status_code, f"HEAD {path}")
+            url = redirect_target(url, response.headers.get("Location"), response.status_code)
         raise BadResponse(f"HEAD {path!r}: more than {MAX_REDIRECTS} redirects")
 
     @contextmanager
@@ -388,7 +381,7 @@ class Federation:
             try:
                 got = await self._get_range(client, url, start, end, size, into, federation)
                 return got, url
-            except _Redirect as redirect:
+            except Redirect as redirect:
                 url = redirect.location
         raise BadResponse(f"GET {path!r}: more than {MAX_REDIRECTS} redirects")
 
@@ -416,7 +409,7 @@ class Federation:
             got = await self._transfer(client, url, start, end, size, into, federation)
             error = None
             return got
-        except _TargetFailed as failed:
+        except TargetFailed as failed:
             got, error = failed.got, str(failed.error)
             raise
         finally:
@@ -453,9 +446,13 @@ class Federation:
         """GET ``[start, end)`` of ``url`` into ``into``; the number of bytes read.
 
         Raises :class:`_Redirect` for a 3xx. Failures of the federation raise
-        their davfed error; failures of an endpoint raise :class:`_TargetFailed`
+        their davfed error; failures of an endpoint raise :class:`TargetFailed`
         (with the bytes read before the failure, which are good).
         """
+        if not federation and self._endpoints is not None:
+            return await self._endpoints.get_range(
+                url, start, end, size, into, background=client is not self._client
+            )
         headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
         if federation:
             headers.update(self._headers_for(url))
@@ -465,34 +462,20 @@ class Federation:
         except httpx.TransportError as exc:
             _fail(transport_error(exc, f"GET {redact_url(url)}"), url, federation)
         try:
-            status = response.status_code
-            if status in (301, 302, 303, 307, 308):
-                raise _Redirect(self._redirect_url(url, response))
-            if status == 206:
-                first, stop, total = parse_content_range(response.headers.get("Content-Range", ""))
-                if total is not None and total != size:
-                    message = f"{redact_url(url)} has {total} bytes, the federation says {size}"
-                    _fail(IntegrityError(message), url, federation)
-                if first != start or stop != end:
-                    message = f"{redact_url(url)} sent bytes {first}-{stop} for {start}-{end}"
-                    _fail(IntegrityError(message), url, federation)
-                return await self._collect(response, url, into[: end - start], skip=0, exact=True)
-            if status == 200:
-                length = response.headers.get("Content-Length")
-                if length is not None and length.isdigit() and int(length) != size:
-                    message = f"{redact_url(url)} has {length} bytes, the federation says {size}"
-                    _fail(IntegrityError(message), url, federation)
-                return await self._collect(
-                    response, url, into[: end - start], skip=start, exact=False
-                )
-            if status == 416 and start >= size:
+            try:
+                plan = plan_body(response.status_code, response.headers.get, url, start, end, size)
+            except Redirect:
+                raise
+            except Exception as exc:
+                _fail(exc, url, federation)
+            if plan is None:
                 return 0
-            _fail(self._status_error(response, f"GET {redact_url(url)}"), url, federation)
+            return await self._collect(response, url, into[: end - start], plan)
         finally:
             await response.aclose()
 
     async def _collect(
-        self, response: httpx.Response, url: str, into: memoryview, *, skip: int, exact: bool
+        self, response: httpx.Response, url: str, into: memoryview, plan: BodyPlan
     ) -> int:
         """Read ``len(into)`` bytes of the body into ``into`` after discarding ``skip`` bytes.
 
@@ -501,9 +484,7 @@ class Federation:
         (a 200 answer carrying the whole file). The body is read raw (davfed
         asks for ``identity`` encoding): one copy per socket read, no re-chunking.
         """
-        encoding = response.headers.get("Content-Encoding", "identity").lower()
-        if encoding != "identity":
-            raise _TargetFailed(BadResponse(f"{redact_url(url)} sent {encoding}-encoded data"), url)
+        skip, exact = plan.skip, plan.exact
         want = len(into)
         filled = 0
         try:
@@ -520,119 +501,51 @@ class Federation:
                     take = min(len(chunk), want - filled)
                     if take < len(chunk) and exact:
                         message = f"{redact_url(url)}: body longer than {want} bytes"
-                        raise _TargetFailed(IntegrityError(message), url, filled)
+                        raise TargetFailed(IntegrityError(message), url, filled)
                     into[filled : filled + take] = chunk[:take]
                     filled += take
                     if filled == want and not exact:
                         break
         except httpx.TimeoutException as exc:
             timeout = UpstreamTimeout(f"reading {redact_url(url)}: timed out")
-            raise _TargetFailed(timeout, url, filled) from exc
+            raise TargetFailed(timeout, url, filled) from exc
         except httpx.TransportError as exc:
             broken = UpstreamError(f"reading {redact_url(url)}: {exc!r}")
-            raise _TargetFailed(broken, url, filled) from exc
+            raise TargetFailed(broken, url, filled) from exc
         if filled < want:
             message = f"{redact_url(url)}: body ended after {filled} of {want} bytes"
-            raise _TargetFailed(IntegrityError(message), url, filled)
+            raise TargetFailed(IntegrityError(message), url, filled)
         return filled
-
-    # -- helpers --------------------------------------------------------------
-
-    @staticmethod
-    def _redirect_url(url: str, response: httpx.Response) -> str:
-        location: str | None = response.headers.get("Location")
-        if not location:
-            raise BadResponse(f"{response.status_code} from {redact_url(url)} without Location")
-        target = urljoin(url, location)
-        if urlsplit(target).scheme not in ("http", "https"):
-            raise BadResponse(f"redirect from {redact_url(url)} to a non-HTTP URL")
-        return target
-
-    @staticmethod
-    def _status_error(response: httpx.Response, what: str) -> Exception:
-        status = response.status_code
-        message = f"{what}: HTTP {status}"
-        if status in (404, 410):
-            return NotFound(message)
-        if status in (401, 403):
-            return Forbidden(message)
-        if status in (408, 504):
-            return UpstreamTimeout(message)
-        return UpstreamError(message)
-
-
-#: The TLS alerts by which a server refuses a client's certificate, and what they mean.
-_CLIENT_CERT_ALERTS = (
-    ("CERTIFICATE_REQUIRED", "the server requires a client certificate and none was sent"),
-    ("CERTIFICATE_EXPIRED", "the server rejected the client certificate: it has expired"),
-    ("UNKNOWN_CA", "the server rejected the client certificate: its CA is not trusted there"),
-    ("CERTIFICATE_REVOKED", "the server rejected the client certificate: it is revoked"),
-    ("UNSUPPORTED_CERTIFICATE", "the server rejected the client certificate as unsupported"),
-    ("BAD_CERTIFICATE", "the server rejected the client certificate as bad"),
-    ("CERTIFICATE_UNKNOWN", "the server rejected the client certificate"),
-    ("ACCESS_DENIED", "the server denied access in the TLS handshake"),
-    ("HANDSHAKE_FAILURE", "the server refused the TLS handshake"),
-)
-
-
-def _tls_reason(exc: BaseException) -> tuple[str, str | None] | None:
-    """The TLS failure behind ``exc``, if it is one: (reason, what it means, if known).
-
-    The meaning is known for a server's alert refusing our certificate, and for
-    our own failure to verify the server's certificate.
-    """
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            detail = getattr(seen, "verify_message", None) or str(seen)
-            return detail, (
-                f"cannot verify the server's certificate ({detail}); "
-                "is its CA in capath= or X509_CERT_DIR?"
-            )
-        if isinstance(seen, ssl.SSLError) or "ALERT" in str(seen).upper():
-            reason = getattr(seen, "reason", None) or str(seen)  # set by OpenSSL only
-            for alert, meaning in _CLIENT_CERT_ALERTS:
-                if alert in reason.upper():
-                    return reason, meaning
-            return reason, None
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def transport_error(exc: httpx.TransportError, what: str) -> Exception:
-    """The davfed error for a failed connection: a refused TLS handshake is EACCES.
-
-    A server that refuses our client certificate (or that we cannot verify)
-    gives :class:`Forbidden` and one log line saying why; another TLS failure
-    is an :class:`UpstreamError`.
-    """
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout(f"{what}: {type(exc).__name__}")
-    found = _tls_reason(exc)
-    if found is None:
-        return UpstreamError(f"{what}: {type(exc).__name__}: {exc}")
-    reason, meaning = found
-    if meaning is None:
-        log.error("%s: the TLS handshake failed: %s", what, reason)
-        return UpstreamError(f"{what}: TLS handshake failed: {reason}")
-    log.error("%s: TLS handshake refused: %s (%s)", what, meaning, reason)
-    return Forbidden(f"{what}: {meaning} ({reason})")
+    """The davfed error for a failed httpx connection (see :func:`connection_error`)."""
+    return connection_error(exc, what, timed_out=isinstance(exc, httpx.TimeoutException))
 
 
 def _fail(error: Exception, url: str, federation: bool) -> NoReturn:
     """Raise ``error`` as is for the federation, or as a failed replica for an endpoint."""
     if federation:
         raise error
-    raise _TargetFailed(error, url)
+    raise TargetFailed(error, url)
+
+
+def new_buffer(size: int) -> bytearray | memoryview:
+    """A writable buffer of ``size`` bytes for data to arrive in.
+
+    Large ones are anonymous memory maps: their pages are zero until written and are
+    faulted in by the worker thread that fills them, so the event loop does not
+    spend time clearing megabytes; they go back to the system as soon as released.
+    """
+    if size < MMAP_MIN:
+        return bytearray(size)
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    if _HUGEPAGE is not None:
+        buffer.madvise(_HUGEPAGE)  # 2 MiB pages where the system allows: 512x fewer faults
+    return memoryview(buffer)
 
 
 def backoff(round_number: int, *, base: float = 0.5, cap: float = 8.0) -> float:
     """Seconds to wait before retry round ``round_number`` (1, 2, ...): exponential, jittered."""
     delay: float = min(cap, base * 2.0 ** (round_number - 1))
     return delay * random.uniform(0.5, 1.0)
-
-
-class _Redirect(Exception):
-    def __init__(self, location: str) -> None:
-        super().__init__(location)
-        self.location = location

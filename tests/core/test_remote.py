@@ -10,6 +10,7 @@ import httpx
 import pytest
 import trio
 
+from davfed_fuse.endpoints import parse_content_range
 from davfed_fuse.errors import (
     BadResponse,
     Forbidden,
@@ -17,7 +18,7 @@ from davfed_fuse.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from davfed_fuse.remote import Federation, backoff, parse_content_range
+from davfed_fuse.remote import Federation, backoff
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
 FED = "http://fed.test:8000/myfed/"
