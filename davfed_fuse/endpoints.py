@@ -51,7 +51,7 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 #: Bytes per ``recv_into``: between two, a cancelled transfer notices and stops.
 CHUNK = 1 << 20
 #: A redirect's or error's body up to this size is read, keeping the connection.
-_SMALL_BODY = 64 << 10
+SMALL_BODY = 64 << 10
 
 
 class TargetFailed(Exception):
@@ -426,6 +426,12 @@ class Endpoints:
         conn.sock.settimeout(self.timeout)
         with self._lock:
             self.connections_made += 1
+        log.debug(
+            "new connection to %s:%d for %s transfers",
+            key[1],
+            key[2],
+            "background" if key[4] else "foreground",
+        )
         return conn
 
     def _checkout(self, key: _PoolKey) -> http.client.HTTPConnection | None:
@@ -452,7 +458,7 @@ class Endpoints:
     ) -> None:
         """Return the connection to its pool if its answer was read to the end, else close it."""
         try:
-            if read_small and response.length is not None and response.length <= _SMALL_BODY:
+            if read_small and response.length is not None and response.length <= SMALL_BODY:
                 response.read()
         except (OSError, http.client.HTTPException):
             conn.close()

@@ -103,6 +103,13 @@ class FileReader:
     being prefetched for this reader at any time, so memory stays bounded. Prefetch
     failures are logged and counted, never raised: the read that needs the block then
     fetches it itself.
+
+    ``fetch`` serves the byte ranges a read is answered with directly (a file's first
+    read, random reads): small transfers a process waits for. ``fetch_ahead`` fetches
+    whole blocks (read-ahead, fills, and blocks a read needs), which are bulk
+    transfers. With separate connections for each, a whole block never occupies the
+    warm connection the next direct read is waiting for (it would then open a new one
+    and start TCP's slow start again: 0.4 s instead of 60 ms for 1 MiB at 50 ms RTT).
     """
 
     def __init__(
@@ -120,7 +127,6 @@ class FileReader:
         self.ident = ident
         self.policy = policy or ReadaheadPolicy(ident.size, cache.block_size)
         self._fetch = fetch
-        # Background fetches (read-ahead, cache fills) may use other connections.
         self._fetch_ahead = fetch_ahead or fetch
         self._nursery = nursery
         self._limiter = limiter
@@ -142,7 +148,7 @@ class FileReader:
         direct = self._answer_directly(offset, size, first_read)
         if direct is None:
             self._read_ahead(wanted)
-            return await self.cache.read(self.ident, offset, size, self._fetch)
+            return await self.cache.read(self.ident, offset, size, self._fetch_ahead)
         data = await self._fetch(offset, min(offset + size, self.ident.size))
         # Then (not before: the reader's request must not wait behind them, nor lose
         # the kept-alive connection to them) fill the cache with this read's blocks,

@@ -20,6 +20,7 @@ Redirect policy (dynafed-protocol.md §3, §4):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import random
@@ -35,6 +36,7 @@ import trio
 
 from davfed_fuse.blockmath import Buffer
 from davfed_fuse.endpoints import (
+    SMALL_BODY,
     BodyPlan,
     Endpoints,
     Redirect,
@@ -464,11 +466,16 @@ class Federation:
         try:
             try:
                 plan = plan_body(response.status_code, response.headers.get, url, start, end, size)
-            except Redirect:
-                raise
             except Exception as exc:
+                # Read a short body to its end, so that the connection stays open: the
+                # federation's 302 is followed by the next file's 302 on it (a new
+                # connection would cost a round trip more).
+                await _read_small_body(response)
+                if isinstance(exc, Redirect):
+                    raise
                 _fail(exc, url, federation)
             if plan is None:
+                await _read_small_body(response)
                 return 0
             return await self._collect(response, url, into[: end - start], plan)
         finally:
@@ -521,6 +528,15 @@ class Federation:
 def transport_error(exc: httpx.TransportError, what: str) -> Exception:
     """The davfed error for a failed httpx connection (see :func:`connection_error`)."""
     return connection_error(exc, what, timed_out=isinstance(exc, httpx.TimeoutException))
+
+
+async def _read_small_body(response: httpx.Response) -> None:
+    """Read the body of an answer that carries no data, if it is short (else leave it:
+    closing the response then closes its connection)."""
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) <= SMALL_BODY:
+        with contextlib.suppress(httpx.HTTPError):
+            await response.aread()
 
 
 def _fail(error: Exception, url: str, federation: bool) -> NoReturn:
