@@ -28,11 +28,15 @@ class ReadaheadPolicy:
 
     A read is *sequential* if it starts within ``seek_tolerance`` bytes of where the
     previous sequential stream ended (FUSE may deliver neighbouring reads slightly out
-    of order). The first read at offset 0 starts a stream. On a sequential read, once
-    fewer than half of the window's blocks lie ahead of the reader, the policy asks for
-    the blocks up to ``window`` blocks past the read, and the window doubles (up to
-    ``max_bytes``) each time this happens after the first. Any other read resets the
-    window to ``initial_blocks`` and prefetches nothing.
+    of order). The first read at offset 0 starts a stream. While a stream goes on, the
+    window doubles (up to ``max_bytes``) each time the reader enters a new block, and
+    once fewer than half of the window's blocks lie ahead of the reader, the policy
+    asks for the blocks up to ``window`` blocks past the read. Any other read resets
+    the window to ``initial_blocks`` and prefetches nothing.
+
+    Doubling per block entered (not per top-up) reaches a 16-block window after the
+    reader's fourth block: over a 50 ms link, a top-up per half window took the first
+    1.5 s of a file (about 130 MB) to open the window, at half the link's speed.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class ReadaheadPolicy:
         self._next: int | None = None  # where the current stream's next read should start
         self._ahead = 0  # first block not yet handed out for prefetch
         self._streaming = False  # a prefetch was issued since the last reset
+        self._block = -1  # the last block the current stream has read in
 
     def on_read(self, offset: int, length: int) -> range:
         """Record a read; return the block indices to prefetch now (often empty)."""
@@ -69,15 +74,17 @@ class ReadaheadPolicy:
             self.window = self.initial_blocks
             self._ahead = sp.last + 1
             self._streaming = False
+            self._block = sp.last
             self._next = end
             if offset != 0:
                 return range(0)
         self._next = max(end, self._next or 0)
+        if self._streaming and sp.last > self._block:
+            self.window = min(self.window << (sp.last - self._block), self.max_blocks)
+        self._block = max(self._block, sp.last)
         self._ahead = max(self._ahead, sp.last + 1)
         if 2 * (self._ahead - sp.last - 1) > self.window:
             return range(0)  # more than half a window is still ahead of the reader
-        if self._streaming:
-            self.window = min(2 * self.window, self.max_blocks)
         self._streaming = True
         start = self._ahead
         self._ahead = max(start, min(sp.last + 1 + self.window, self.blocks))
@@ -149,12 +156,14 @@ class FileReader:
         if direct is None:
             self._read_ahead(wanted)
             return await self.cache.read(self.ident, offset, size, self._fetch_ahead)
-        data = await self._fetch(offset, min(offset + size, self.ident.size))
-        # Then (not before: the reader's request must not wait behind them, nor lose
-        # the kept-alive connection to them) fill the cache with this read's blocks,
-        # and read ahead.
-        self._start_prefetch(direct, speculative=False)
+        # A stream's read-ahead starts with its first read: it goes over other
+        # connections, to the endpoint this read's redirect names (the federation is
+        # asked once), while the link is still idle in this read's slow start.
         self._read_ahead(wanted)
+        data = await self._fetch(offset, min(offset + size, self.ident.size))
+        # Then fill the cache with this read's blocks (not before: the reader must
+        # not share the link with them).
+        self._start_prefetch(direct, speculative=False)
         return data
 
     def _read_ahead(self, wanted: range) -> None:

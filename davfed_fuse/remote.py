@@ -126,6 +126,8 @@ class Federation:
         self.penalty = penalty
         self._penalties: dict[tuple[str, str, int | None], float] = {}
         self._targets: dict[str, Target] = {}
+        # Files whose redirect is being followed: concurrent reads of one wait for it.
+        self._locating: dict[str, trio.Event] = {}
 
     # -- metadata ---------------------------------------------------------
 
@@ -221,6 +223,7 @@ class Federation:
         replicas: list[str] | None = None  # from the metalink, once a replica failed
         tried: set[tuple[str, str, int | None]] = set()
         rounds = 0
+        moved = 0
         last_error: Exception | None = None
         try:
             while pos < end:
@@ -228,8 +231,22 @@ class Federation:
                 try:
                     url = self._usable_target(path)
                     if url is not None:
-                        pos += await self._get_range(client, url, pos, end, size, into)
+                        try:
+                            pos += await self._get_range(client, url, pos, end, size, into)
+                        except Redirect:
+                            # The target moved on: ask the federation again, a few times.
+                            self._targets.pop(path, None)
+                            moved += 1
+                            if moved > MAX_REDIRECTS:
+                                raise BadResponse(f"{path}: its replicas keep moving") from None
                         continue
+                    locating = self._locating.get(path)
+                    if locating is not None and replicas is None:
+                        # Another read of this file is following the federation's
+                        # redirect: use its target rather than ask the federation too.
+                        await locating.wait()
+                        if self._usable_target(path) is not None:
+                            continue
                     if replicas is None:
                         got, url = await self._read_following(client, path, pos, end, size, into)
                         if got is not None:
@@ -373,19 +390,32 @@ class Federation:
         """Ranged GET on the federation, following its redirects to the data.
 
         Returns (bytes read, the URL that served them), or (None, URL) when the
-        federation redirects to an endpoint that failed recently.
+        federation redirects to an endpoint that failed recently. Concurrent reads
+        of the file wait (in :meth:`_read`) until the redirect is known, then read
+        from the same endpoint at once, in parallel with this one.
         """
         url = url_for(self.base_url, path)
-        for _hop in range(MAX_REDIRECTS + 1):
-            federation = origin(url) == self._origin
-            if not federation and self._penalised(url):
-                return None, url
-            try:
-                got = await self._get_range(client, url, start, end, size, into, federation)
-                return got, url
-            except Redirect as redirect:
-                url = redirect.location
-        raise BadResponse(f"GET {path!r}: more than {MAX_REDIRECTS} redirects")
+        located = trio.Event()
+        owner = self._locating.setdefault(path, located) is located
+        try:
+            for _hop in range(MAX_REDIRECTS + 1):
+                federation = origin(url) == self._origin
+                if not federation:
+                    if self._penalised(url):
+                        return None, url
+                    if owner and not located.is_set():
+                        self._remember(path, url)
+                        located.set()
+                try:
+                    got = await self._get_range(client, url, start, end, size, into, federation)
+                    return got, url
+                except Redirect as redirect:
+                    url = redirect.location
+            raise BadResponse(f"GET {path!r}: more than {MAX_REDIRECTS} redirects")
+        finally:
+            if owner:
+                del self._locating[path]
+                located.set()
 
     async def _get_range(
         self,

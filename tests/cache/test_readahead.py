@@ -27,8 +27,9 @@ def test_window_starts_small_and_doubles_to_the_max() -> None:
     policy = ReadaheadPolicy(size, MB4, initial_blocks=1, max_bytes=64 << 20)
     issued = sequential(policy, size, 128 * KiB)
     assert issued[0] == range(1, 2)
-    # Each top-up exposes the blocks the reader consumed since the last one.
-    assert [len(r) for r in issued[:5]] == [1, 2, 3, 6, 12]
+    # The window doubles with each block the reader enters: 1, 2, 4, 8, 16 blocks;
+    # each top-up adds what the reader consumed and the window's growth.
+    assert [len(r) for r in issued[:5]] == [1, 2, 3, 5, 9]
     assert policy.window == 16
     assert all(8 <= len(r) <= 16 for r in issued[5:-1])
     # Every block after the first is handed out exactly once, in order.

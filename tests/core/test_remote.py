@@ -268,3 +268,40 @@ async def test_a_federation_without_replicas_for_a_moment_is_asked_again(
     fed.forget_target("f")
     with pytest.raises(UpstreamError, match="no replica can serve it"):
         await fed.read("f", 0, 10, len(DATA))
+
+
+async def test_concurrent_first_reads_of_a_file_ask_the_federation_once(world: World) -> None:
+    fed = make(world)
+    results: dict[int, bytes | bytearray | memoryview] = {}
+
+    async def read(start: int) -> None:
+        results[start] = await fed.read("f", start, start + 1000, len(DATA))
+
+    async with trio.open_nursery() as nursery:
+        for start in (0, 3000, 6000):
+            nursery.start_soon(read, start)
+    assert {k: bytes(v) for k, v in results.items()} == {
+        k: DATA[k : k + 1000] for k in (0, 3000, 6000)
+    }
+    hosts = [r.url.host for r in world.requests]
+    assert hosts.count("fed.test") == 1
+    assert hosts.count("store0.test") == 3
+
+
+async def test_a_target_that_starts_redirecting_is_located_again(world: World) -> None:
+    """A remembered replica that now answers 302 (it moved its data on): the
+    federation is asked again and its redirect followed to the data."""
+    original = world.handler
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "store0.test":
+            world.requests.append(request)
+            return httpx.Response(302, headers={"Location": world.replicas[1]})
+        return original(request)
+
+    world.handler = handler  # type: ignore[method-assign]
+    fed = make(world)
+    fed._remember("f", world.replicas[0])  # a target known from before
+    assert await fed.read("f", 100, 200, len(DATA)) == DATA[100:200]
+    hosts = [r.url.host for r in world.requests]
+    assert hosts == ["store0.test", "fed.test", "store0.test", "store1.test"]
