@@ -271,7 +271,12 @@ async def test_a_federation_without_replicas_for_a_moment_is_asked_again(
 
 
 async def test_concurrent_first_reads_of_a_file_ask_the_federation_once(world: World) -> None:
-    fed = make(world)
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await trio.sleep(0.01)  # a round trip: the reads overlap
+        return world.handler(request)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(slow))
+    fed = Federation(FED, client)
     results: dict[int, bytes | bytearray | memoryview] = {}
 
     async def read(start: int) -> None:
