@@ -249,10 +249,15 @@ def check_sample(path: Path, source: Path, size: int, samples: int = 8) -> None:
                 raise BenchError(f"{path}: wrong bytes at offset {off}")
 
 
+def random_offsets(size: int, count: int, seed: int) -> list[int]:
+    """``count`` random 4 KiB-aligned offsets of 64 KiB reads in a file of ``size`` bytes."""
+    rng = random.Random(seed)
+    return [rng.randrange(0, (size - RANDOM_READ) // 4096 + 1) * 4096 for _ in range(count)]
+
+
 def random_reads(path: Path, source: Path, size: int, count: int, seed: int) -> dict[str, Any]:
     """``count`` 64 KiB preads at random 4 KiB-aligned offsets; some are checked afterwards."""
-    rng = random.Random(seed)
-    offsets = [rng.randrange(0, (size - RANDOM_READ) // 4096 + 1) * 4096 for _ in range(count)]
+    offsets = random_offsets(size, count, seed)
     kept: list[tuple[int, bytes]] = []
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -846,6 +851,14 @@ class Bench:
         say("WAN: curl -o /dev/null of the replica URL over the link")
         res["curl"] = curl(fed.replica_url("big.bin"), link.cli)
         res["rtt_measured_ms"] = res["curl"]["connect_ms"]
+        say("WAN: what a bare HTTP client gets over the link (bench/linkprobe.py)")
+        offsets = random_offsets(size, self.args.wan_random_reads, seed=2)
+        probe = [
+            sys.executable, str(REPO / "bench" / "linkprobe.py"), "--federation", fed.url,
+            "--big", "big.bin", "--size", str(size), "--first", "ttfb_a.bin",
+            "--later", "ttfb_b.bin", "--offsets", ",".join(map(str, offsets)),
+        ]  # fmt: skip
+        res["bare_http"] = json.loads(run(in_netns(link.cli, probe), timeout=600).stdout)
 
         say("WAN: davfed time to first byte, then cold sequential read")
         m = DavfedMount(self.ws, fed.url, netns=link.cli, extra_opts=self.args.davfed_opts)
@@ -962,6 +975,24 @@ class Bench:
             ),
         }
         ratios["davfed_vs_rclone"] = {k: v for k, v in vs_rclone.items() if v is not None}
+        # Against a bare HTTP client on the same link (bench/linkprobe.py): 1.0 means
+        # davfed gets what the link gives (above 1: faster, for latencies: lower).
+        bare = wan.get("bare_http", {})
+        vs_bare = {
+            "wan_cold_vs_parallel_gets": ratio(
+                get(wan, "davfed_cold", "mb_s"), get(bare, "parallel_mb_s", "")
+            ),
+            "wan_random_cold": ratio(
+                get(wan, "davfed_random_cold", "reads_per_s"), get(bare, "random_reads_per_s", "")
+            ),
+            "wan_ttfb_first": ratio(
+                get(bare, "ttfb_first_ms", ""), get(wan, "davfed_ttfb_first_ms", "")
+            ),
+            "wan_ttfb_later": ratio(
+                get(bare, "ttfb_later_ms", ""), get(wan, "davfed_ttfb_later_ms", "")
+            ),
+        }
+        ratios["davfed_vs_bare_http"] = {k: v for k, v in vs_bare.items() if v is not None}
         r["ratios"] = ratios
 
         rtt = float(wan.get("rtt_nominal_ms", 2 * WAN_DELAY_MS))
@@ -1074,6 +1105,25 @@ def table(results: dict[str, Any]) -> str:
             f"TCP connect measured, {wan.get('rate')}, {wan.get('method')})"
         )
         row("curl -o /dev/null (one TCP stream)", wan, "curl", "mb_s", "MB/s")
+        bare = wan.get("bare_http", {})
+        if bare:
+            streams = bare.get("parallel_streams")
+            row(
+                f"bare HTTP, {streams} parallel ranges (link limit)",
+                bare,
+                "parallel_mb_s",
+                "",
+                "MB/s",
+            )
+            row("bare HTTP, 302 + new connection + 1 MiB", bare, "ttfb_first_ms", "", "ms")
+            row("bare HTTP, 302 + kept-alive GET of 1 MiB", bare, "ttfb_later_ms", "", "ms")
+            row(
+                "bare HTTP, random 64 KiB GETs, kept-alive",
+                bare,
+                "random_reads_per_s",
+                "",
+                "reads/s",
+            )
         for tool in ("davfed", "rclone"):
             row(f"{tool} cold sequential", wan, f"{tool}_cold", "mb_s", "MB/s")
             row(f"{tool} time to first MiB, first file", wan, f"{tool}_ttfb_first_ms", "", "ms")
@@ -1094,6 +1144,8 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"  {name:<44} {ratios[name]:>14.2f}x")
     for name, value in ratios.get("davfed_vs_rclone", {}).items():
         lines.append(f"  {'davfed/rclone ' + name:<44} {value:>14.2f}x")
+    for name, value in ratios.get("davfed_vs_bare_http", {}).items():
+        lines.append(f"  {'davfed/bare HTTP ' + name:<44} {value:>14.2f}x")
     lines.append("TARGETS (issue 5)")
     for name, c in results.get("targets", {}).items():
         value = c["value"]
