@@ -26,6 +26,7 @@ import http.client
 import logging
 import re
 import select
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -211,6 +212,13 @@ def connection_error(exc: BaseException, what: str, *, timed_out: bool = False) 
         return UpstreamError(f"{what}: TLS handshake failed: {reason}")
     log.error("%s: TLS handshake refused: %s (%s)", what, meaning, reason)
     return Forbidden(f"{what}: {meaning} ({reason})")
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether ``sock`` has data or EOF waiting (poll, not select: any fd number)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class TLSSource(Protocol):
@@ -442,11 +450,9 @@ class Endpoints:
                 if not conns:
                     return None
                 conn = conns.pop()
-            sock = conn.sock
-            # Readable while idle: the server closed it (or sent junk). Either way, drop it.
-            if sock is not None and not select.select([sock], [], [], 0)[0]:
+            if conn.sock is not None and not _readable(conn.sock):
                 return conn
-            conn.close()
+            conn.close()  # readable while idle: the server closed it (or sent junk)
 
     def _finish(
         self,
