@@ -93,6 +93,21 @@ def parse_content_range(value: str) -> tuple[int, int, int | None]:
     return int(first), int(last) + 1, None if total == "*" else int(total)
 
 
+def body_failed(url: str, got: int, exc: BaseException, *, timed_out: bool) -> TargetFailed:
+    """The failed replica whose body broke off (or stalled) after ``got`` good bytes."""
+    if timed_out:
+        return TargetFailed(UpstreamTimeout(f"reading {redact_url(url)}: timed out"), url, got)
+    return TargetFailed(UpstreamError(f"reading {redact_url(url)}: {exc!r}"), url, got)
+
+
+def body_complete(url: str, got: int, want: int) -> int:
+    """``got``, if the body brought all ``want`` bytes; else raise its failed replica."""
+    if got < want:
+        message = f"{redact_url(url)}: body ended after {got} of {want} bytes"
+        raise TargetFailed(IntegrityError(message), url, got)
+    return got
+
+
 def redirect_target(url: str, location: str | None, status: int) -> str:
     """The absolute URL a 3xx answer from ``url`` points at; BadResponse if unusable."""
     if not location:
@@ -513,15 +528,10 @@ class Endpoints:
             if plan.exact and filled == want and response.read(1):
                 message = f"{redact_url(url)}: body longer than {want} bytes"
                 raise TargetFailed(IntegrityError(message), url, filled)
-        except TimeoutError:
-            timeout = UpstreamTimeout(f"reading {redact_url(url)}: timed out")
-            raise TargetFailed(timeout, url, filled) from None
+        except TimeoutError as exc:
+            raise body_failed(url, filled, exc, timed_out=True) from None
         except http.client.IncompleteRead:
             pass  # the body ended early: reported below
         except (OSError, http.client.HTTPException) as exc:
-            broken = UpstreamError(f"reading {redact_url(url)}: {exc!r}")
-            raise TargetFailed(broken, url, filled) from exc
-        if filled < want:
-            message = f"{redact_url(url)}: body ended after {filled} of {want} bytes"
-            raise TargetFailed(IntegrityError(message), url, filled)
-        return filled
+            raise body_failed(url, filled, exc, timed_out=False) from exc
+        return body_complete(url, filled, want)

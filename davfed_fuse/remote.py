@@ -41,6 +41,8 @@ from davfed_fuse.endpoints import (
     Endpoints,
     Redirect,
     TargetFailed,
+    body_complete,
+    body_failed,
     connection_error,
     plan_body,
     redirect_target,
@@ -544,15 +546,10 @@ class Federation:
                     if filled == want and not exact:
                         break
         except httpx.TimeoutException as exc:
-            timeout = UpstreamTimeout(f"reading {redact_url(url)}: timed out")
-            raise TargetFailed(timeout, url, filled) from exc
+            raise body_failed(url, filled, exc, timed_out=True) from exc
         except httpx.TransportError as exc:
-            broken = UpstreamError(f"reading {redact_url(url)}: {exc!r}")
-            raise TargetFailed(broken, url, filled) from exc
-        if filled < want:
-            message = f"{redact_url(url)}: body ended after {filled} of {want} bytes"
-            raise TargetFailed(IntegrityError(message), url, filled)
-        return filled
+            raise body_failed(url, filled, exc, timed_out=False) from exc
+        return body_complete(url, filled, want)
 
 
 def transport_error(exc: httpx.TransportError, what: str) -> Exception:
