@@ -307,7 +307,8 @@ class BlockCache:
                     self._touch((h, k), blk)
                     self._counters["hits"] += 1
             if data is None:
-                data = await self._read_slow(ident, k, lo, hi, sp.last, fetch, fetched)
+                tried = blk is not None and (h, k) in self._verified  # the page cache, just now
+                data = await self._read_slow(ident, k, lo, hi, sp.last, fetch, fetched, tried)
             parts.append(data)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -457,10 +458,12 @@ class BlockCache:
         last: int,
         fetch: Fetcher,
         fetched: dict[int, memoryview],
+        page_cache_tried: bool = False,
     ) -> Buffer:
-        """Serve block ``k``'s ``[lo, hi)`` when the fast path could not: verify, read in a
-        thread, wait for a flight, or fetch (extending the fetch over following missing
-        blocks up to ``last``, whose data is left in ``fetched``)."""
+        """Serve block ``k``'s ``[lo, hi)`` when the fast path could not: verify, read from
+        disk, wait for a flight, or fetch (extending the fetch over following missing
+        blocks up to ``last``, whose data is left in ``fetched``). ``page_cache_tried``:
+        the caller found the block not in the page cache an instant ago."""
         while True:
             self._check_open()
             h = self._bind(ident)  # an await may have rebound the URL to another identity
@@ -470,7 +473,8 @@ class BlockCache:
                 if key not in self._verified:
                     await self._verify(key, blk)
                     continue
-                data = self._pread_nowait(key, lo, hi)
+                data = None if page_cache_tried else self._pread_nowait(key, lo, hi)
+                page_cache_tried = False
                 if data is None:
                     data = await self._pread_thread(key, blk, lo, hi)
                 if data is not None:
