@@ -19,6 +19,7 @@ import fcntl
 import functools
 import hashlib
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -40,13 +41,16 @@ MiB = 1 << 20
 #: Maps ``(start, end_exclusive)`` of the remote file to exactly those bytes; raises on error.
 #: The result is used in place (never copied), shared read-only with waiters.
 Fetcher = Callable[[int, int], Awaitable[Buffer]]
-#: Writes ``data`` to a new file at ``path`` and fsyncs it; runs in a worker thread.
-Writer = Callable[[str, Buffer], None]
+#: Writes ``data`` to a new file at ``path`` and fsyncs it; runs in a worker thread. The
+#: third argument says whether the write may bypass the page cache (``O_DIRECT``).
+Writer = Callable[[str, Buffer, bool], None]
 
 FORMAT = "v1"
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _DIRECT = getattr(os, "O_DIRECT", 0)
+#: Seconds of page-cache writes after readers fell behind the memory kept (_keep_fresh).
+BUFFERED_FOR = 30.0
 #: Reads of a block file up to this size may block the event loop (see _pread_thread).
 INLINE_READ_MAX = 256 * 1024
 _PAGE = 4096
@@ -141,17 +145,16 @@ def block_checksum(data: Buffer) -> int:
     return xxhash.xxh3_64_intdigest(data) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def write_block_file(path: str, data: Buffer) -> None:
+def write_block_file(path: str, data: Buffer, direct: bool = False) -> None:
     """Default :data:`Writer`: create ``path`` exclusively, write all of ``data``, fsync.
 
-    Whole pages of page-aligned memory (the fetch buffers are memory maps) are written
-    with ``O_DIRECT``: straight from that memory to the disk, with no copy into the page
-    cache (the file's pages are in the page cache already, as the mount's file; a
-    second copy would cost a memory copy per byte and evict other data). Where the
-    file system or the buffer does not allow it, the write is buffered.
+    With ``direct``, whole pages of page-aligned memory (the fetch buffers are memory
+    maps) are written with ``O_DIRECT``: straight from that memory to the disk, with
+    no copy into the page cache. Where the file system or the buffer does not allow
+    it, the write is buffered.
     """
     view = memoryview(data)
-    direct = len(view) % _PAGE == 0 and _DIRECT
+    direct = direct and len(view) % _PAGE == 0 and bool(_DIRECT)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
         fd = os.open(path, flags | (_DIRECT if direct else 0), 0o644)
@@ -236,6 +239,9 @@ class BlockCache:
         self._fresh: OrderedDict[BlockKey, memoryview] = OrderedDict()
         self._fresh_bytes = 0
         self._max_fresh_bytes = max_fresh_bytes
+        self._unread: set[BlockKey] = set()  # kept in memory and not read by anyone yet
+        self._taken: set[BlockKey] = set()  # read from a fetch still storing its blocks
+        self._buffered_until = -math.inf  # clock time until which writes keep the page cache
         self._active_reads = 0  # read() calls in progress
         self._dirty: set[BlockKey] = set()
         self._total = 0
@@ -302,7 +308,12 @@ class BlockCache:
             data: Buffer | None = None
             if blk is not None and (h, k) in self._verified:
                 fresh = self._fresh.get((h, k))
-                data = fresh[lo:hi] if fresh is not None else self._pread_nowait((h, k), lo, hi)
+                if fresh is not None:
+                    data = fresh[lo:hi]
+                    self._mark_read((h, k))
+                    self._fresh.move_to_end((h, k))
+                else:
+                    data = self._pread_nowait((h, k), lo, hi)
                 if data is not None:
                     self._touch((h, k), blk)
                     self._counters["hits"] += 1
@@ -487,6 +498,7 @@ class BlockCache:
                 await flight.event.wait()
                 if flight.data is not None:
                     self._counters["misses"] += 1
+                    self._mark_read(key, storing=self._flights.get((ident, k)) is flight)
                     return flight.data[lo:hi]
                 if flight.error is not None:
                     raise flight.error
@@ -497,6 +509,8 @@ class BlockCache:
             blocks = await self._fetch_run(ident, h, k, j, fetch)
             for i in range(k + 1, j + 1):
                 fetched[i] = blocks[i - k]
+            for i in range(k, j + 1):
+                self._mark_read((h, i))  # stored (or not) by now
             self._counters["misses"] += 1
             return blocks[0][lo:hi]
 
@@ -597,13 +611,41 @@ class BlockCache:
         self._drop_many([key])
 
     def _keep_fresh(self, key: BlockKey, data: memoryview) -> None:
-        """Keep a just-stored block's memory for its readers, within ``max_fresh_bytes``."""
+        """Keep a just-stored block's memory for its readers, within ``max_fresh_bytes``.
+
+        Blocks already read from memory go first. When a block must go before anyone
+        read it, readers lag behind their read-ahead by more than this memory holds
+        (several streams at once): for :data:`BUFFERED_FOR` seconds, blocks are then
+        written through the page cache, so that their readers find them there and
+        not on disk (8 streams: otherwise every byte was read back from disk).
+        """
         if self._max_fresh_bytes <= 0:
             return
         self._fresh[key] = data
         self._fresh_bytes += len(data)
+        if key in self._taken:
+            self._taken.discard(key)
+        else:
+            self._unread.add(key)
         while self._fresh_bytes > self._max_fresh_bytes:
-            self._fresh_bytes -= len(self._fresh.popitem(last=False)[1])
+            victim = next((k for k in self._fresh if k not in self._unread), None)
+            if victim is None:
+                victim = next(iter(self._fresh))
+                self._unread.discard(victim)
+                if self._clock() >= self._buffered_until:
+                    log.debug("readers lag their read-ahead: storing through the page cache")
+                self._buffered_until = self._clock() + BUFFERED_FOR
+            self._fresh_bytes -= len(self._fresh.pop(victim))
+
+    def _mark_read(self, key: BlockKey, *, storing: bool = False) -> None:
+        """A reader got (part of) this block: it no longer counts as unread read-ahead.
+
+        ``storing``: the block's fetch is still storing it; _keep_fresh will see this.
+        """
+        if key in self._fresh:
+            self._unread.discard(key)
+        elif storing:
+            self._taken.add(key)
 
     def _touch(self, key: BlockKey, blk: _Block) -> None:
         self._lru.move_to_end(key)
@@ -669,6 +711,7 @@ class BlockCache:
                 flight.event.set()  # no-op if already set; wakes waiters of a cancelled fetch
                 if self._flights.get(key) is flight:
                     del self._flights[key]
+                self._taken.discard((h, key[1]))
 
     async def _store(self, ident: FileIdentity, h: str, k: int, data: memoryview) -> None:
         """Store a fetched block crash-safely, or count it as pass-through.
@@ -691,7 +734,8 @@ class BlockCache:
         tmp = f"{final}.{os.getpid()}-{self._tmp_seq}.tmp"
         stored = False
         try:
-            crc = await trio.to_thread.run_sync(self._write_tmp, tmp, data)
+            direct = self._max_fresh_bytes > 0 and self._clock() >= self._buffered_until
+            crc = await trio.to_thread.run_sync(self._write_tmp, tmp, data, direct)
             # The await above split the critical section: re-check everything.
             if self._closed or self._idents.get(h) != ident or key in self._lru:
                 return
@@ -741,11 +785,11 @@ class BlockCache:
             db.execute("ROLLBACK")
             raise
 
-    def _write_tmp(self, tmp: str, data: memoryview) -> int:
+    def _write_tmp(self, tmp: str, data: memoryview, direct: bool) -> int:
         """Runs in a worker thread: make the block's directory, write+fsync ``tmp``,
         and return the block's checksum (computed here, off the event loop)."""
         os.makedirs(os.path.dirname(tmp), exist_ok=True)
-        self._writer(tmp, data)
+        self._writer(tmp, data, direct)
         return block_checksum(data)
 
     def _storage_failed(self, exc: OSError | sqlite3.Error) -> None:
@@ -834,6 +878,7 @@ class BlockCache:
             fresh = self._fresh.pop(key, None)
             if fresh is not None:
                 self._fresh_bytes -= len(fresh)
+                self._unread.discard(key)
             fd = self._fds.pop(key, None)
             if fd is not None:
                 os.close(fd)
@@ -992,6 +1037,7 @@ def check_invariants(cache: BlockCache) -> None:
     assert c._total <= c.max_bytes, f"over the cap: {c._total} > {c.max_bytes}"
     assert c._verified <= set(rows) and set(c._fds) <= set(rows)
     assert set(c._fresh) <= c._verified, "a block kept in memory is not a verified stored one"
+    assert c._unread <= set(c._fresh) and not c._taken
     assert c._fresh_bytes == sum(len(v) for v in c._fresh.values()) <= max(c._max_fresh_bytes, 0)
     for key, view in c._fresh.items():
         assert (len(view), block_checksum(view)) == rows[key], f"memory copy of {key} differs"

@@ -257,6 +257,8 @@ def open_cache(config: Config, root: Path) -> BlockCache | None:
             max_bytes=config.cache_size,
             block_size=config.block_size,
             max_fetches=config.max_connections,
+            # A reader's read-ahead, its current block and one more fetch run.
+            max_fresh_bytes=config.readahead + 4 * config.block_size,
         )
     except CacheLocked:
         raise MountError(f"cache directory {root} is in use by another davfed mount") from None

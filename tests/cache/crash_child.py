@@ -22,7 +22,7 @@ SOURCE = make_source(60 * BS + 321, seed=99)
 CAP = 25 * BS  # smaller than the file: evictions happen too
 
 
-def slow_writer(path: str, data: bytes) -> None:
+def slow_writer(path: str, data: bytes, direct: bool) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(fd, data[: len(data) // 2])

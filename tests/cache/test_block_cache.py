@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 from davfed_fuse.block_cache import (
+    BUFFERED_FOR,
     BadFetch,
     BlockCache,
     CacheLocked,
@@ -160,8 +161,8 @@ async def test_interrupted_store_leaves_no_tmp(make_cache: MakeCache, interrupt:
     release = trio.Event()
     token = trio.lowlevel.current_trio_token()
 
-    def slow_writer(path: str, body: bytes) -> None:
-        write_block_file(path, body)
+    def slow_writer(path: str, body: bytes, direct: bool) -> None:
+        write_block_file(path, body, direct)
         trio.from_thread.run_sync(entered.set, trio_token=token)
         trio.from_thread.run(release.wait, trio_token=token)
 
@@ -269,12 +270,12 @@ async def test_disk_full_serves_reads_and_recovers(
     now = [0.0]
     full = [True]
 
-    def writer(path: str, body: bytes) -> None:
+    def writer(path: str, body: bytes, direct: bool) -> None:
         if full[0]:
             with open(path, "wb") as f:
                 f.write(body[:10])  # a partial write, as on a real full disk
             raise OSError(errno.ENOSPC, "No space left on device")
-        write_block_file(path, body)
+        write_block_file(path, body, direct)
 
     cache = make_cache(writer=writer, clock=lambda: now[0], retry_store_after=30.0)
     with caplog.at_level(logging.WARNING, logger="davfed_fuse.block_cache"):
@@ -546,3 +547,40 @@ async def test_bytearray_fetcher_results_are_served_and_stored(make_cache: MakeC
     for offset, length in [(0, 10), (BS, 2 * BS), (0, 3 * BS)]:
         got = await cache.read(ident, offset, length, into_buffer)
         assert bytes(got) == data[offset : offset + length]
+
+
+async def test_blocks_bypass_the_page_cache_until_readers_lag_behind_memory(
+    make_cache: MakeCache,
+) -> None:
+    """Stored blocks stay in memory for their readers and go to disk with O_DIRECT;
+    once a block must leave memory unread (readers lag their read-ahead by more
+    than ``max_fresh_bytes``), blocks are written through the page cache for a while,
+    so that the readers find them there, not on disk."""
+    data = make_source(20 * BS)
+    ident = ident_for(data)
+    fetch = FakeFetcher(data)
+    now = [0.0]
+    flags: list[bool] = []
+
+    def writer(path: str, body: bytes, direct: bool) -> None:
+        flags.append(direct)
+        write_block_file(path, body, direct)
+
+    cache = make_cache(writer=writer, clock=lambda: now[0], max_fresh_bytes=4 * BS)
+    # A reader keeping up: each block is read from memory after it arrived.
+    for k in range(6):
+        await cache.prefetch(ident, k, k, fetch)
+        assert bytes(await cache.read(ident, k * BS, BS, fetch)) == data[k * BS : (k + 1) * BS]
+    assert flags == [True] * 6
+    assert fetch.calls == [(k * BS, (k + 1) * BS) for k in range(6)]  # reads: from memory
+    # Read-ahead runs far beyond the memory kept (4 blocks): blocks 6-9 push out the
+    # blocks already read; block 10 pushes out block 6, unread.
+    for k in range(6, 14):
+        await cache.prefetch(ident, k, k, fetch)
+    assert flags[6:] == [True] * 5 + [False] * 3  # from block 11 on: the page cache
+    now[0] += BUFFERED_FOR
+    for k in range(6, 14):  # the reader catches up, from disk and from memory
+        assert bytes(await cache.read(ident, k * BS, BS, fetch)) == data[k * BS : (k + 1) * BS]
+    assert len(fetch.calls) == 14  # nothing fetched twice
+    await cache.prefetch(ident, 14, 14, fetch)
+    assert flags[14:] == [True]  # no reader lagging any more
