@@ -368,7 +368,10 @@ class Endpoints:
         parts = urlsplit(url)
         scheme = parts.scheme
         host = parts.hostname or ""
-        port = parts.port or (443 if scheme == "https" else 80)
+        try:
+            port = parts.port or (443 if scheme == "https" else 80)
+        except ValueError:
+            raise TargetFailed(BadResponse(f"unusable URL {redact_url(url)}"), url) from None
         key: _PoolKey = (scheme, host, port, pool[0], pool[2])
         if self._proxy is not None and scheme == "http":
             target = url  # absolute form, to the proxy
@@ -425,6 +428,10 @@ class Endpoints:
                 if reused:
                     continue  # a kept-alive connection the server had closed: once more
                 raise TargetFailed(UpstreamError(f"{what}: connection closed"), url) from None
+            except (ValueError, http.client.InvalidURL) as exc:  # spaces, control characters
+                if conn is not None:
+                    conn.close()
+                raise TargetFailed(BadResponse(f"{what}: {exc}"), url) from None
             except (OSError, http.client.HTTPException) as exc:
                 if conn is not None:
                     conn.close()

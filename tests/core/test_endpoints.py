@@ -95,9 +95,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class QuietServer(http.server.ThreadingHTTPServer):
+    """A client that hangs up early (it read what it asked for) is no error here."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass
+
+
 @pytest.fixture
 def server() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd = QuietServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     Handler.connections.clear()
     Handler.stall.clear()
@@ -219,6 +226,19 @@ async def test_a_refused_connection_is_a_failed_replica(opened: list[Endpoints])
     with pytest.raises(TargetFailed) as failed:
         await get(endpoints, f"http://127.0.0.1:{port}/f", 0, 10)
     assert isinstance(failed.value.error, UpstreamError)
+
+
+@pytest.mark.parametrize("path", [":notaport/f", "/a b"])
+async def test_an_unusable_url_is_a_failed_replica(
+    server: str, opened: list[Endpoints], path: str
+) -> None:
+    endpoints = Endpoints(timeout=1, connect_timeout=1)
+    opened.append(endpoints)
+    url = server.rsplit(":", 1)[0] + path if path.startswith(":") else server + path
+    with pytest.raises(TargetFailed) as failed:
+        await get(endpoints, url, 0, 10)
+    assert isinstance(failed.value.error, BadResponse)
+    assert endpoints.connections_made == (0 if path.startswith(":") else 1)
 
 
 async def test_cancellation_returns_at_once(server: str, opened: list[Endpoints]) -> None:
