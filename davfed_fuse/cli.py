@@ -82,7 +82,7 @@ def version_text() -> str:
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
+class UsageParser(argparse.ArgumentParser):
     """argparse, but a usage error is a :class:`UsageError` (exit 1, one line)."""
 
     def error(self, message: str) -> NoReturn:
@@ -109,8 +109,8 @@ def _warn(warnings: Sequence[str]) -> None:
 # --- davfed mount ------------------------------------------------------------------
 
 
-def _mount_parser() -> _Parser:
-    parser = _Parser(
+def _mount_parser() -> UsageParser:
+    parser = UsageParser(
         prog="davfed mount",
         description="Mount the Dynafed federation at URL read-only on MOUNTPOINT. Without "
         "-f, davfed starts itself in the background and returns once the mount is live.",
@@ -251,7 +251,7 @@ def _helper(argv: Sequence[str]) -> int:
 def _umount(argv: Sequence[str]) -> int:
     from davfed_fuse.mounts import find_mount, is_stale, unmount
 
-    parser = _Parser(prog="davfed umount", description="Unmount a davfed mount.")
+    parser = UsageParser(prog="davfed umount", description="Unmount a davfed mount.")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
     parser.add_argument(
         "-l",
@@ -301,7 +301,7 @@ def launcher_script() -> str:
 
 
 def _install_helper(argv: Sequence[str]) -> int:
-    parser = _Parser(
+    parser = UsageParser(
         prog="davfed install-helper",
         description="Link PREFIX/mount.davfed and PREFIX/mount.fuse.davfed to a launcher "
         "running this installation, so that `mount -t davfed` and fstab lines of type "
@@ -366,7 +366,7 @@ def _uninstall(prefix: Path, script: Path) -> int:
 def _prefetch(argv: Sequence[str]) -> int:
     from davfed_fuse import prefetch
 
-    parser = _Parser(
+    parser = UsageParser(
         prog="davfed prefetch",
         description="Warm davfed's block cache for a job's inputs: read the files through "
         "the davfed mount they are on (several at once), so the job finds them on local "
@@ -416,7 +416,7 @@ def _cache(argv: Sequence[str]) -> int:
     from davfed_fuse import cachestats
     from davfed_fuse.config import default_cache_dir
 
-    parser = _Parser(
+    parser = UsageParser(
         prog="davfed cache",
         description="stats: size, blocks, files, hits, misses, hit rate and bytes fetched of "
         "each federation's cache (works while mounted). clean: drop every cached block "

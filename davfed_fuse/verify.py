@@ -20,7 +20,6 @@ replica it redirects to. Must not import: pyfuse3, trio.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import hashlib
@@ -33,11 +32,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TextIO
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
+from davfed_fuse.cli import UsageParser
 from davfed_fuse.errors import DavfedError, UsageError
 from davfed_fuse.mounts import MountEntry, read_mountinfo
 
@@ -349,14 +349,9 @@ def run(
     return EXIT_ERROR if errors else EXIT_OK
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
-
-
 def main(argv: Sequence[str]) -> int:
     """``davfed verify [--algorithm A] [--timeout S] PATH...``."""
-    parser = _Parser(
+    parser = UsageParser(
         prog="davfed verify",
         description="Compare files read through a davfed mount with the checksum the "
         "federation offers (HEAD with Want-Digest; Dynafed redirects it to a replica that "
