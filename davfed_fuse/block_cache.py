@@ -51,7 +51,7 @@ _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _DIRECT = getattr(os, "O_DIRECT", 0)
 #: Seconds of page-cache writes after readers fell behind the memory kept (_keep_fresh).
 BUFFERED_FOR = 30.0
-#: Reads of a block file up to this size may block the event loop (see _pread_thread).
+#: Reads of a block file up to this size may block the event loop (see _pread_disk).
 INLINE_READ_MAX = 256 * 1024
 _PAGE = 4096
 
@@ -487,7 +487,7 @@ class BlockCache:
                 data = None if page_cache_tried else self._pread_nowait(key, lo, hi)
                 page_cache_tried = False
                 if data is None:
-                    data = await self._pread_thread(key, blk, lo, hi)
+                    data = await self._pread_disk(key, blk, lo, hi)
                 if data is not None:
                     self._touch(key, blk)
                     self._counters["hits"] += 1
@@ -565,7 +565,7 @@ class BlockCache:
                 if fd is not None:
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
 
-    async def _pread_thread(self, key: BlockKey, blk: _Block, lo: int, hi: int) -> bytes | None:
+    async def _pread_disk(self, key: BlockKey, blk: _Block, lo: int, hi: int) -> bytes | None:
         """Read ``[lo, hi)`` of a block from disk; None if the block changed meanwhile or
         the file is short (then it is dropped).
 

@@ -479,7 +479,7 @@ class Federation:
     ) -> int:
         """GET ``[start, end)`` of ``url`` into ``into``; the number of bytes read.
 
-        Raises :class:`_Redirect` for a 3xx. Failures of the federation raise
+        Raises :class:`Redirect` for a 3xx. Failures of the federation raise
         their davfed error; failures of an endpoint raise :class:`TargetFailed`
         (with the bytes read before the failure, which are good).
         """
@@ -516,9 +516,10 @@ class Federation:
     async def _collect(
         self, response: httpx.Response, url: str, into: memoryview, plan: BodyPlan
     ) -> int:
-        """Read ``len(into)`` bytes of the body into ``into`` after discarding ``skip`` bytes.
+        """Read ``len(into)`` bytes of the body into ``into`` after discarding ``plan.skip``
+        bytes.
 
-        ``exact``: the body must hold exactly that many bytes (a 206 answer),
+        ``plan.exact``: the body must hold exactly that many bytes (a 206 answer),
         and is read to its end; otherwise reading stops once ``into`` is full
         (a 200 answer carrying the whole file). The body is read raw (davfed
         asks for ``identity`` encoding): one copy per socket read, no re-chunking.
