@@ -39,7 +39,8 @@ def test_pure_modules_do_no_io_frameworks(module: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["block_cache", "readahead", "namespace", "remote", "credentials", "reader"]
+    "module",
+    ["block_cache", "readahead", "namespace", "remote", "endpoints", "credentials", "reader"],
 )
 def test_nothing_below_the_fuse_layer_imports_pyfuse3(module: str) -> None:
     assert not touches(module, {"pyfuse3"})
@@ -48,6 +49,10 @@ def test_nothing_below_the_fuse_layer_imports_pyfuse3(module: str) -> None:
 @pytest.mark.parametrize("module", ["block_cache", "readahead"])
 def test_the_cache_knows_nothing_of_http(module: str) -> None:
     assert not touches(module, {"httpx", "davfed_fuse.remote", "davfed_fuse.namespace"})
+
+
+def test_endpoint_transfers_use_the_standard_library_not_httpx() -> None:
+    assert not touches("endpoints", {"httpx", "davfed_fuse.remote", "davfed_fuse.block_cache"})
 
 
 def test_the_mount_helper_never_loads_the_daemon() -> None:
