@@ -33,8 +33,8 @@ from typing import Any, NoReturn, Protocol
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from davfed_fuse.mounts import daemon_pid  # noqa: E402
-from davfed_fuse.testfed import TestFederation  # noqa: E402
+from davfed_fuse.system.mounttable import daemon_pid  # noqa: E402
+from davfed_testfed import TestFederation  # noqa: E402
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -590,7 +590,7 @@ class NetnsFederation:
         cmd = in_netns(
             netns,
             [
-                sys.executable, "-m", "davfed_fuse.testfed", str(data),
+                sys.executable, "-m", "davfed_testfed", str(data),
                 "--port", "0", "--host", SERVER_ADDR, "--endpoints", "3",
                 "--ready-json", "--watch-stdin",
             ],

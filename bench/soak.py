@@ -41,8 +41,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from davfed_fuse.mounts import daemon_pid, find_mount  # noqa: E402
-from davfed_fuse.testfed import TestFederation, TestFedError  # noqa: E402
+from davfed_fuse.system.mounttable import daemon_pid, find_mount  # noqa: E402
+from davfed_testfed import TestFederation, TestFedError  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30

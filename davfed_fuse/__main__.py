@@ -1,5 +1,5 @@
 import sys
 
-from davfed_fuse.cli import main
+from davfed_fuse.cli.main import main
 
 sys.exit(main())

@@ -5,7 +5,7 @@ line format with ECS-style keys, and the redaction of secrets (pre-signed
 query strings, ``Authorization`` headers, bearer tokens, URL passwords) from
 every record. Modules only do ``log = logging.getLogger(__name__)`` and pass
 structured fields as ``extra={"event.action": "open", "url.path": ...}``.
-Must not import: anything of davfed's but ``config``.
+Must not import: anything of davfed's but ``config`` and ``redaction``.
 
 Where lines go: ``log_file=`` if given; else stderr, unless stderr is
 /dev/null (a daemon started by the mount helper), then syslog via ``/dev/log``
@@ -18,60 +18,12 @@ import json
 import logging
 import logging.handlers
 import os
-import re
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from davfed_fuse.config import Config
-
-#: Query parameters that authorise a request by themselves (S3 v2/v4, GCS,
-#: Azure SAS, CloudFront, Swift temp URLs, dCache macaroons, OAuth).
-SECRET_QUERY_PARAMS = frozenset(
-    {
-        "signature",
-        "x-amz-signature",
-        "x-amz-credential",
-        "x-amz-security-token",
-        "awsaccesskeyid",
-        "x-goog-signature",
-        "x-goog-credential",
-        "sig",
-        "policy",
-        "key-pair-id",
-        "temp_url_sig",
-        "authz",
-        "access_token",
-        "token",
-    }
-)
-
-REDACTED = "[REDACTED]"
-
-_QUERY_SECRET = re.compile(
-    r"(?i)([?&;](?:" + "|".join(re.escape(p) for p in sorted(SECRET_QUERY_PARAMS)) + r")=)"
-    r"[^&;\s\"'#<>]*"
-)
-_AUTH_HEADER = re.compile(
-    r"(?i)\b((?:proxy-)?authorization|cookie|set-cookie|x-auth-token)"
-    r"([\"']?\s*[:=]\s*[\"']?)"
-    r"(?:(bearer|basic|negotiate|digest|token)\s+)?"
-    r"[^\s\"',}]+"
-)
-_BEARER = re.compile(r"(?i)\bbearer\s+(?!\[REDACTED\])[A-Za-z0-9._~+/=-]+")
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@")
-
-
-def redact(text: str) -> str:
-    """Replace secrets in ``text`` with ``[REDACTED]``; everything else stays."""
-    text = _QUERY_SECRET.sub(lambda m: m.group(1) + REDACTED, text)
-    text = _AUTH_HEADER.sub(
-        lambda m: m.group(1) + m.group(2) + (f"{m.group(3)} " if m.group(3) else "") + REDACTED,
-        text,
-    )
-    text = _BEARER.sub("Bearer " + REDACTED, text)
-    return _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", text)
-
+from davfed_fuse.redaction import redact
 
 # The attributes every LogRecord has; anything else came from ``extra=``.
 _RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -94,7 +46,7 @@ class RedactionFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-26 10:33:00,123 INFO davfed_fuse.mount: message``, redacted tracebacks."""
+    """``2026-11-26 10:33:00,123 INFO davfed_fuse.daemon.main: message``, redacted tracebacks."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -40,7 +40,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from davfed_fuse.config import Config
 from davfed_fuse.errors import UsageError
-from davfed_fuse.logs import SECRET_QUERY_PARAMS
+from davfed_fuse.redaction import SECRET_QUERY_PARAMS
 
 #: systemd's default DefaultTimeoutStartSec: a mount must be live before this.
 SYSTEMD_MOUNT_TIMEOUT = 90.0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from davfed_fuse.mounts import daemon_pid, find_mount
+from davfed_fuse.system.mounttable import daemon_pid, find_mount
 
 REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "bin" / "mount.davfed"

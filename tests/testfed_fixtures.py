@@ -8,9 +8,9 @@
 * ``testfed`` (function): the same federation, with every fault cleared and every
   endpoint back online after the test, so tests may inject faults freely.
 * ``make_testfed`` (function): ``make_testfed(data_dir, **options)`` starts a federation
-  of its own (options as :class:`davfed_fuse.testfed.TestFederation`); all are stopped
+  of its own (options as :class:`davfed_testfed.TestFederation`); all are stopped
   after the test.
-* ``testfed_pki`` (session): a :class:`davfed_fuse.testfed.pki.TestPKI` (CA, hashed CA
+* ``testfed_pki`` (session): a :class:`davfed_testfed.pki.TestPKI` (CA, hashed CA
   dir, host/user/VOMS certificates, proxies, tokens) in a temporary directory; skips
   the test when apache2/mod_gridsite, grid-proxy-init, voms-proxy-fake, openssl or
   ``cryptography`` are missing (``HTTPS_MISSING`` says which).
@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from davfed_fuse.testfed import TestFederation
+from davfed_testfed import TestFederation
 
 if TYPE_CHECKING:
-    from davfed_fuse.testfed.pki import TestPKI
+    from davfed_testfed.pki import TestPKI
 
 #: Names a federation must carry through percent-encoding unchanged.
 SPECIAL_NAMES = (
@@ -165,7 +165,7 @@ HTTPS_RULES = (
 def testfed_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
     if HTTPS_MISSING is not None:
         pytest.skip(HTTPS_MISSING)
-    from davfed_fuse.testfed.pki import TestPKI
+    from davfed_testfed.pki import TestPKI
 
     return TestPKI.create(tmp_path_factory.mktemp("testfed-pki"))
 

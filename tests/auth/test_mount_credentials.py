@@ -22,8 +22,8 @@ import httpx
 import pytest
 from cryptography import x509
 
-from davfed_fuse.testfed import TestFederation
-from davfed_fuse.testfed.pki import TestPKI
+from davfed_testfed import TestFederation
+from davfed_testfed.pki import TestPKI
 from tests.mounting import Mounter, is_mounted, requires_fuse, run_helper, the_daemon
 
 pytestmark = [pytest.mark.mount, requires_fuse]
@@ -211,7 +211,7 @@ def test_a_proxy_that_expires_while_mounted_is_eacces_until_renewed(
     for i in (1, 2, 3):  # files never read: nothing cached
         assert refused(mnt / "many" / f"f{i:03d}.txt") == errno.EACCES
     lines = log_file.read_text().splitlines()
-    expired_lines = [line for line in lines if "ERROR davfed_fuse.credentials" in line]
+    expired_lines = [line for line in lines if "ERROR davfed_fuse.net.credentials" in line]
     assert len(expired_lines) == 1, expired_lines  # besides each failed call's WARNING
     assert f"{proxy} expired at {expires:%Y-%m-%d %H:%M:%S} UTC" in expired_lines[0]
     assert "renewed" in expired_lines[0]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from davfed_fuse.block_cache import BlockCache, FileIdentity, check_invariants
+from davfed_fuse.cache.blockcache import BlockCache, FileIdentity, check_invariants
 
 BS = 1000  # small blocks keep the tests fast; nothing depends on a power of two
 

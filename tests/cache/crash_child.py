@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trio
 
-from davfed_fuse.block_cache import BlockCache
+from davfed_fuse.cache.blockcache import BlockCache
 
 from .conftest import BS, FakeFetcher, ident_for, make_source
 

@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from davfed_fuse.block_cache import (
+from davfed_fuse.cache.blockcache import (
     BUFFERED_FOR,
     BadFetch,
     BlockCache,
@@ -278,7 +278,7 @@ async def test_disk_full_serves_reads_and_recovers(
         write_block_file(path, body, direct)
 
     cache = make_cache(writer=writer, clock=lambda: now[0], retry_store_after=30.0)
-    with caplog.at_level(logging.WARNING, logger="davfed_fuse.block_cache"):
+    with caplog.at_level(logging.WARNING, logger="davfed_fuse.cache.blockcache"):
         for k in range(4):
             assert await cache.read(ident, k * BS, BS, fetch) == data[k * BS : (k + 1) * BS]
     assert len(caplog.records) == 1 and "No space left" in caplog.records[0].getMessage()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from davfed_fuse import blockmath as bm
+from davfed_fuse.cache import blockmath as bm
 
 sizes = st.integers(min_value=0, max_value=10_000)
 block_sizes = st.integers(min_value=1, max_value=700)

@@ -10,7 +10,12 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "module", ["davfed_fuse.blockmath", "davfed_fuse.block_cache", "davfed_fuse.readahead"]
+    "module",
+    [
+        "davfed_fuse.cache.blockmath",
+        "davfed_fuse.cache.blockcache",
+        "davfed_fuse.daemon.filereader",
+    ],
 )
 def test_imports_neither_pyfuse3_nor_httpx(module: str) -> None:
     code = (

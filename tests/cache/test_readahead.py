@@ -10,7 +10,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from davfed_fuse.readahead import FileReader, ReadaheadPolicy
+from davfed_fuse.daemon.filereader import FileReader, ReadaheadPolicy
 
 from .conftest import BS, FakeFetcher, MakeCache, ident_for, make_source
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from davfed_fuse.mounts import find_mount, read_mountinfo
+from davfed_fuse.system.mounttable import find_mount, read_mountinfo
 
 REPO = Path(__file__).resolve().parents[2]
 HELPER = REPO / "bin" / "mount.davfed"

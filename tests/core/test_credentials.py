@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from davfed_fuse.credentials import Credentials, check_private, discover
 from davfed_fuse.errors import Forbidden, MountError, UpstreamError, UpstreamTimeout
-from davfed_fuse.remote import transport_error
+from davfed_fuse.net.credentials import Credentials, check_private, discover
+from davfed_fuse.net.federation import transport_error
 
 
 def write_cert(path: Path, *, hours: float) -> dt.datetime:

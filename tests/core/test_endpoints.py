@@ -13,13 +13,7 @@ from typing import ClassVar
 import pytest
 import trio
 
-from davfed_fuse.endpoints import (
-    BodyPlan,
-    Endpoints,
-    Redirect,
-    TargetFailed,
-    plan_body,
-)
+from davfed_fuse.buffers import new_buffer
 from davfed_fuse.errors import (
     BadResponse,
     Forbidden,
@@ -28,7 +22,13 @@ from davfed_fuse.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from davfed_fuse.remote import new_buffer
+from davfed_fuse.net.transport import (
+    BodyPlan,
+    Endpoints,
+    Redirect,
+    TargetFailed,
+    plan_body,
+)
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
 

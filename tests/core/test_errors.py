@@ -9,6 +9,7 @@ import pyfuse3
 import pytest
 import trio
 
+from davfed_fuse.daemon.handlers import fuse_errors
 from davfed_fuse.errors import (
     BadResponse,
     DavfedError,
@@ -21,7 +22,6 @@ from davfed_fuse.errors import (
     UpstreamTimeout,
     errno_for,
 )
-from davfed_fuse.fuse_ops import fuse_errors
 
 
 @pytest.mark.parametrize(

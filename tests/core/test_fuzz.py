@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from davfed_fuse.errors import BadResponse
-from davfed_fuse.webdav import parse_metalink, parse_multistatus
+from davfed_fuse.net.webdav import parse_metalink, parse_multistatus
 
 TAGS = [
     "href",

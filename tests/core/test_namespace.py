@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import trio
 
+from davfed_fuse.daemon.namespace import ROOT_INODE, Namespace
 from davfed_fuse.errors import NotFound, UpstreamError
-from davfed_fuse.namespace import ROOT_INODE, Namespace
-from davfed_fuse.webdav import RemoteEntry
+from davfed_fuse.net.webdav import RemoteEntry
 
 
 def entry(path: str, is_dir: bool = False, size: int = 1) -> RemoteEntry:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from davfed_fuse.proxies import ProxiesFailed, Proxy, first_working, proxy_order, proxy_spec
+from davfed_fuse.net.proxies import ProxiesFailed, Proxy, first_working, proxy_order, proxy_spec
 
 
 def test_groups_fail_over_in_order_and_members_are_shuffled() -> None:

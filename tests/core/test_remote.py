@@ -10,7 +10,6 @@ import httpx
 import pytest
 import trio
 
-from davfed_fuse.endpoints import parse_content_range
 from davfed_fuse.errors import (
     BadResponse,
     Forbidden,
@@ -18,7 +17,8 @@ from davfed_fuse.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from davfed_fuse.remote import Federation, backoff
+from davfed_fuse.net.federation import Federation, backoff
+from davfed_fuse.net.transport import parse_content_range
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
 FED = "http://fed.test:8000/myfed/"

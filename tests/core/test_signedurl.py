@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import calendar
 
-from davfed_fuse.signedurl import redact_url, renew_at, url_expiry
+from davfed_fuse.net.signedurl import renew_at, url_expiry
+from davfed_fuse.redaction import redact_url
 
 T0 = calendar.timegm((2026, 11, 26, 10, 0, 0, 0, 0, 0))
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from davfed_fuse.errors import BadResponse
-from davfed_fuse.webdav import (
+from davfed_fuse.net.webdav import (
     href_to_path,
     parse_http_date,
     parse_iso_date,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from davfed_fuse.testfed import TestFederation
+from davfed_testfed import TestFederation
 from tests.mounting import MiB, Mounter, requires_fuse, the_daemon, write_big
 
 pytestmark = [pytest.mark.mount, requires_fuse]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from davfed_fuse.testfed import TestFederation
+from davfed_testfed import TestFederation
 from tests.mounting import MiB, Mounter, requires_fuse, write_big
 from tests.testfed_fixtures import reset_faults
 

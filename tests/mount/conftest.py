@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from davfed_fuse.testfed import TestFederation
+from davfed_testfed import TestFederation
 from tests.mounting import ODD_NAMES, MiB, pattern, write_big
 
 

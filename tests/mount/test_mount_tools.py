@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from davfed_fuse.mounts import read_mountinfo
-from davfed_fuse.testfed import TestFederation
+from davfed_fuse.system.mounttable import read_mountinfo
+from davfed_testfed import TestFederation
 from tests.mounting import REPO, Mounter, requires_fuse, run_helper, the_daemon, unmount
 
 pytestmark = [pytest.mark.mount, requires_fuse]

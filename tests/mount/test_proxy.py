@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from davfed_fuse.testfed import TestFederation
+from davfed_testfed import TestFederation
 from tests.mounting import Mounter, requires_fuse, run_helper
 
 pytestmark = [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from davfed_fuse.testfed import TestFederation
+from davfed_testfed import TestFederation
 from tests.mounting import ODD_NAMES, Mounter, requires_fuse, sha256_file
 
 pytestmark = [pytest.mark.mount, requires_fuse]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from davfed_fuse.testfed import TestFederation
+from davfed_testfed import TestFederation
 
 REPO = Path(__file__).resolve().parents[2]
 HELPER = REPO / "bin" / "mount.davfed"

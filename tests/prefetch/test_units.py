@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from davfed_fuse import cachestats, prefetch
-from davfed_fuse.block_cache import BlockCache, FileIdentity
-from davfed_fuse.errors import UsageError
-from davfed_fuse.mounts import MountEntry
-from davfed_fuse.prefetch import (
+from davfed_fuse.cache import stats as cachestats
+from davfed_fuse.cache.blockcache import BlockCache, FileIdentity
+from davfed_fuse.cli import prefetch
+from davfed_fuse.cli.prefetch import (
     Failure,
     FileResult,
     JsonReporter,
@@ -30,6 +29,8 @@ from davfed_fuse.prefetch import (
     eta,
     format_duration,
 )
+from davfed_fuse.errors import UsageError
+from davfed_fuse.system.mounttable import MountEntry
 
 
 def entry(mountpoint: str, fstype: str) -> MountEntry:

@@ -10,14 +10,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from davfed_fuse.testfed.apache import (
+from davfed_testfed.apache import (
     CERT_HEADER,
     CHAIN_HEADER,
     SECRET_HEADER,
     VERIFY_HEADER,
     render_config,
 )
-from davfed_fuse.testfed.auth import (
+from davfed_testfed.auth import (
     Authenticator,
     Identity,
     Rules,
@@ -27,8 +27,8 @@ from davfed_fuse.testfed.auth import (
     short_fqan,
     voms_fqans,
 )
-from davfed_fuse.testfed.pki import TestPKI, dn_of, name_from_dn
-from davfed_fuse.testfed.tokens import TokenError, make_jwt, verify_jwt
+from davfed_testfed.pki import TestPKI, dn_of, name_from_dn
+from davfed_testfed.tokens import TokenError, make_jwt, verify_jwt
 from tests.testfed_fixtures import HTTPS_MISSING, needs_https
 
 ALICE = "/DC=org/DC=test/CN=Alice"
@@ -218,7 +218,7 @@ def test_authenticator_trusts_headers_only_with_the_secret(pki: TestPKI) -> None
 
 
 def test_apache_config_shape(tmp_path: Path) -> None:
-    from davfed_fuse.testfed.apache import ApacheSite
+    from davfed_testfed.apache import ApacheSite
 
     site = ApacheSite(
         work_dir=tmp_path,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from davfed_fuse.testfed.bench import MiB, run
+from davfed_testfed.bench import MiB, run
 
 
 @pytest.mark.slow

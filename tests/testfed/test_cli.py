@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from davfed_fuse.testfed import TestFederation, TestFedError
+from davfed_testfed import TestFederation, TestFedError
 
 DAVFED = [sys.executable, "-m", "davfed_fuse"]
 

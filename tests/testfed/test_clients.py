@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from davfed_fuse.testfed import TestFederation
+from davfed_testfed import TestFederation
 from tests.testfed_fixtures import SPECIAL_NAMES
 
 needs_davix = pytest.mark.skipif(shutil.which("davix-ls") is None, reason="davix not installed")

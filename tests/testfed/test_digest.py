@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from davfed_fuse.testfed import TestFederation, TestFedError
-from davfed_fuse.testfed.digests import choose_algorithm, compute, corrupt, file_digest
-from davfed_fuse.testfed.faults import FaultError, make_fault
+from davfed_testfed import TestFederation, TestFedError
+from davfed_testfed.digests import choose_algorithm, compute, corrupt, file_digest
+from davfed_testfed.faults import FaultError, make_fault
 
 MakeFed = Callable[..., TestFederation]
 BIG = "data/big.bin"

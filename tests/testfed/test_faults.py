@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from davfed_fuse.testfed import TestFederation, TestFedError
+from davfed_testfed import TestFederation, TestFedError
 
 MakeFed = Callable[..., TestFederation]
 BIG = "data/big.bin"

@@ -13,7 +13,7 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 import pytest
 
-from davfed_fuse.testfed import TestFederation
+from davfed_testfed import TestFederation
 from tests.testfed_fixtures import SPECIAL_NAMES
 
 DAVIX_PROPFIND = b"""<?xml version="1.0" encoding="utf-8" ?>

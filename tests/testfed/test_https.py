@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from davfed_fuse.testfed import TestFederation
-from davfed_fuse.testfed.pki import TestPKI
+from davfed_testfed import TestFederation
+from davfed_testfed.pki import TestPKI
 from tests.testfed_fixtures import HTTPS_RULES, needs_https
 
 pytestmark = needs_https
@@ -198,7 +198,7 @@ def test_rules_none_means_allow_all(https_testfed: TestFederation, testfed_pki: 
 
 
 def test_bad_rules_are_refused(https_testfed: TestFederation) -> None:
-    from davfed_fuse.testfed import TestFedError
+    from davfed_testfed import TestFedError
 
     with pytest.raises(TestFedError, match="modes are letters of rwldc"):
         https_testfed.set_auth_rules(["allowusers alice /myfed/ rx"])

@@ -11,8 +11,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from davfed_fuse.testfed import TestFederation
-from davfed_fuse.testfed.signing import expiry_of
+from davfed_testfed import TestFederation
+from davfed_testfed.signing import expiry_of
 
 MakeFed = Callable[..., TestFederation]
 KINDS = ("dav", "s3v2", "s3v4", "azure")

@@ -9,8 +9,8 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from davfed_fuse.testfed import signing
-from davfed_fuse.testfed.faults import (
+from davfed_testfed import signing
+from davfed_testfed.faults import (
     Effect,
     Fault,
     FaultError,
@@ -18,11 +18,11 @@ from davfed_fuse.testfed.faults import (
     make_fault,
     resized_content,
 )
-from davfed_fuse.testfed.health import is_online, order_endpoints
-from davfed_fuse.testfed.metalink import metalink_v3, metalink_v4, wants_v4
-from davfed_fuse.testfed.namespace import Entry, href_of, normalize_prefix, relpath_of
-from davfed_fuse.testfed.nginx import NginxSite, render_config
-from davfed_fuse.testfed.propfind import (
+from davfed_testfed.health import is_online, order_endpoints
+from davfed_testfed.metalink import metalink_v3, metalink_v4, wants_v4
+from davfed_testfed.namespace import Entry, href_of, normalize_prefix, relpath_of
+from davfed_testfed.nginx import NginxSite, render_config
+from davfed_testfed.propfind import (
     ALLPROP,
     DAV,
     LCGDM,
@@ -30,7 +30,7 @@ from davfed_fuse.testfed.propfind import (
     multistatus,
     parse_propfind,
 )
-from davfed_fuse.testfed.ranges import Span, Unsatisfiable, Whole, decide_range
+from davfed_testfed.ranges import Span, Unsatisfiable, Whole, decide_range
 
 CREDS = signing.Credentials()
 NOW = 1_700_000_000.0

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from davfed_fuse.config import Config
-from davfed_fuse.logs import REDACTED, redact, setup_logging
+from davfed_fuse.logs import setup_logging
+from davfed_fuse.redaction import REDACTED, redact
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 

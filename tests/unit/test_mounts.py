@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from davfed_fuse.mounts import (
+from davfed_fuse.system.mounttable import (
     MountEntry,
     daemon_pid,
     find_mount,

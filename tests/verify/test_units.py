@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from davfed_fuse import verify
+from davfed_fuse.cli import verify
 from davfed_fuse.errors import UsageError
-from davfed_fuse.mounts import MountEntry, parse_mountinfo_line
+from davfed_fuse.system.mounttable import MountEntry, parse_mountinfo_line
 
 MD5_HEX = hashlib.md5(b"x").hexdigest()
 MD5_B64 = base64.b64encode(hashlib.md5(b"x").digest()).decode()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from davfed_fuse.mounts import find_mount
-from davfed_fuse.testfed import TestFederation
-from davfed_fuse.testfed.digests import corrupt
+from davfed_fuse.system.mounttable import find_mount
+from davfed_testfed import TestFederation
+from davfed_testfed.digests import corrupt
 from tests.mounting import MiB, Mounter, requires_fuse, write_big
 
 pytestmark = [pytest.mark.mount, requires_fuse]

@@ -1,0 +1,1 @@
+"""The mount daemon: composition root, FUSE handlers, namespace and open files."""

@@ -1,0 +1,276 @@
+"""The pyfuse3 request handlers: each one decodes, calls one domain method, replies.
+
+Owns: translation between the kernel's requests and davfed's namespace and
+readers, and the one errno boundary: every handler runs inside
+:func:`fuse_errors`, so nothing but ``FUSEError`` ever reaches pyfuse3 (any
+other exception would unmount the filesystem).
+Must not do: HTTP, caching, path arithmetic beyond joining a name to its parent.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import math
+import os
+import stat
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
+
+from davfed_fuse.buffers import Buffer
+from davfed_fuse.daemon.namespace import ROOT_INODE, Namespace
+from davfed_fuse.errors import ReadOnly, errno_for
+from davfed_fuse.net.webdav import RemoteEntry
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+BLOCK_SIZE = 4096
+
+
+_EXPECTED = frozenset({errno.ENOENT, errno.EACCES, errno.EROFS})
+
+
+def fuse_errors(
+    handler: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Run ``handler`` so that every failure reaches the kernel as an errno.
+
+    A handler of an object with a ``request_timeout`` gets that many seconds in
+    all (waiting for another reader's fetch included); then it fails with
+    ETIMEDOUT. No request waits for ever, whatever is stuck below it.
+    """
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        budget = getattr(args[0], "request_timeout", math.inf) if args else math.inf
+        try:
+            with trio.fail_after(budget):
+                return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            code = errno_for(exc)
+            # Answers a user expects (no such file, denied, read-only) are not warnings;
+            # their causes (an expired proxy, say) are logged once where they are found.
+            level = logging.DEBUG if code in _EXPECTED else logging.WARNING
+            log.log(level, "%s failed: %s (%s)", handler.__name__, exc, errno.errorcode[code])
+            raise pyfuse3.FUSEError(code) from None
+
+    return wrapper
+
+
+#: What a read returns: any contiguous buffer will do for pyfuse3.
+Data = Buffer  # what a read returns: any contiguous buffer (pyfuse3 accepts them all)
+
+
+class Reader:
+    """What ``fuse_ops`` needs from whatever serves a file's bytes."""
+
+    async def read(self, offset: int, size: int) -> Data:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+ReaderFactory = Callable[[RemoteEntry], Reader]
+
+
+@dataclass(slots=True)
+class OpenFile:
+    inode: int
+    entry: RemoteEntry
+    reader: Reader
+
+
+@dataclass(frozen=True, slots=True)
+class Attributes:
+    """How entries look to the kernel."""
+
+    uid: int
+    gid: int
+    file_mode: int
+    dir_mode: int
+    attr_timeout: float
+    entry_timeout: float
+
+
+class DavfedOperations(pyfuse3.Operations):
+    """Read-only filesystem operations over a :class:`Namespace`."""
+
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        namespace: Namespace,
+        attributes: Attributes,
+        open_reader: ReaderFactory,
+        *,
+        request_timeout: float = math.inf,
+    ) -> None:
+        super().__init__()
+        #: Seconds any one request may take in all (see :func:`fuse_errors`).
+        self.request_timeout = request_timeout
+        self._ns = namespace
+        self._attributes = attributes
+        self._open_reader = open_reader
+        self._files: dict[int, OpenFile] = {}
+        self._dirs: dict[int, list[RemoteEntry]] = {}
+        self._next_fh = 1
+        # The identity each inode had when last opened, for keep_cache.
+        self._opened_as: dict[int, tuple[int, int, str]] = {}
+
+    # -- attributes -----------------------------------------------------
+
+    def _attrs(self, inode: int, entry: RemoteEntry) -> pyfuse3.EntryAttributes:
+        a = self._attributes
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = inode
+        attrs.generation = 0
+        attrs.entry_timeout = a.entry_timeout
+        attrs.attr_timeout = a.attr_timeout
+        if entry.is_dir:
+            attrs.st_mode = stat.S_IFDIR | a.dir_mode
+            attrs.st_nlink = 2
+            attrs.st_size = 0
+        else:
+            attrs.st_mode = stat.S_IFREG | a.file_mode
+            attrs.st_nlink = 1
+            attrs.st_size = entry.size
+        attrs.st_uid = a.uid
+        attrs.st_gid = a.gid
+        attrs.st_rdev = 0
+        attrs.st_blksize = 1 << 20
+        attrs.st_blocks = (attrs.st_size + 511) // 512
+        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = entry.mtime_ns
+        return attrs
+
+    def _new_fh(self) -> FileHandleT:
+        fh = FileHandleT(self._next_fh)
+        self._next_fh += 1
+        return fh
+
+    @staticmethod
+    def _name(raw: bytes) -> str:
+        return os.fsdecode(raw)
+
+    # -- namespace ------------------------------------------------------
+
+    @fuse_errors
+    async def lookup(
+        self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._ns.path(parent_inode)
+        decoded = self._name(name)
+        if decoded == ".":
+            return self._attrs(parent_inode, await self._ns.stat(parent))
+        if decoded == "..":
+            raise pyfuse3.FUSEError(errno.ENOENT)  # the kernel resolves '..' itself
+        inode, entry = await self._ns.lookup(parent, decoded)
+        return self._attrs(inode, entry)
+
+    @fuse_errors
+    async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._attrs(inode, await self._ns.stat(self._ns.path(inode)))
+
+    async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
+        # No errno can be returned from forget: it must simply not fail.
+        for inode, count in inode_list:
+            self._ns.forget(inode, count)
+
+    @fuse_errors
+    async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
+        path = self._ns.path(inode)
+        entry = await self._ns.stat(path)
+        if not entry.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        children = await self._ns.listdir(path)
+        fh = self._new_fh()
+        self._dirs[fh] = children
+        return fh
+
+    @fuse_errors
+    async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        children = self._dirs[fh]
+        for index in range(start_id, len(children)):
+            entry = children[index]
+            inode = self._ns.inode(entry.path)
+            name = os.fsencode(entry.name)
+            if not pyfuse3.readdir_reply(token, name, self._attrs(inode, entry), index + 1):
+                break
+            self._ns.remember(entry.path)
+
+    @fuse_errors
+    async def releasedir(self, fh: FileHandleT) -> None:
+        self._dirs.pop(fh, None)
+
+    # -- files -------------------------------------------------------------
+
+    @fuse_errors
+    async def open(
+        self, inode: InodeT, flags: FlagT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
+            raise ReadOnly("davfed is read-only")
+        entry = await self._ns.stat(self._ns.path(inode))
+        if entry.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        identity = (entry.size, entry.mtime_ns, entry.etag)
+        unchanged = self._opened_as.get(inode) == identity
+        self._opened_as[inode] = identity
+        fh = self._new_fh()
+        self._files[fh] = OpenFile(inode, entry, self._open_reader(entry))
+        # The kernel may keep this file's pages only while its identity holds.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=unchanged, direct_io=False)
+
+    @fuse_errors
+    async def read(self, fh: FileHandleT, off: int, size: int) -> Data:  # type: ignore[override]
+        return await self._files[fh].reader.read(off, size)
+
+    @fuse_errors
+    async def release(self, fh: FileHandleT) -> None:
+        handle = self._files.pop(fh, None)
+        if handle is not None:
+            await handle.reader.close()
+
+    @fuse_errors
+    async def flush(self, fh: FileHandleT) -> None:
+        return None
+
+    @fuse_errors
+    async def access(self, inode: InodeT, mode: ModeT, ctx: pyfuse3.RequestContext) -> bool:
+        if mode & os.W_OK:
+            raise ReadOnly("davfed is read-only")
+        await self._ns.stat(self._ns.path(inode))
+        return True
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = BLOCK_SIZE
+        data.f_blocks = data.f_bfree = data.f_bavail = 0
+        data.f_files = self._ns.known_inodes()
+        data.f_ffree = data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    # -- everything that writes ------------------------------------------------
+
+    async def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = _read_only
+    rename = link = create = write = setxattr = removexattr = _read_only
+
+
+__all__ = ["ROOT_INODE", "Attributes", "DavfedOperations", "OpenFile", "Reader", "fuse_errors"]

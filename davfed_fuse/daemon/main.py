@@ -1,0 +1,412 @@
+"""The mount daemon: one trio run that serves one FUSE mount.
+
+Owns: the lifecycle of a mount, as one ``async with`` tree: the HTTP client,
+the first request to the federation (the mount fails before anything is
+mounted if the federation cannot be reached), ``pyfuse3.init``, the readiness
+report, the signal watcher, and the unmount, which always runs last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import time
+from pathlib import Path
+
+import httpcore
+import httpx
+import pyfuse3
+import trio
+
+from davfed_fuse import __version__
+from davfed_fuse.cache.blockcache import BlockCache, CacheLocked
+from davfed_fuse.config import Config
+from davfed_fuse.daemon.handlers import Attributes, DavfedOperations, Reader
+from davfed_fuse.daemon.namespace import Namespace
+from davfed_fuse.daemon.openfiles import CachedReader, DirectReader, cache_root
+from davfed_fuse.errors import DavfedError, Forbidden, MountError, NotFound
+from davfed_fuse.net.credentials import Credentials, CredentialTransport, discover, searched
+from davfed_fuse.net.federation import Federation
+from davfed_fuse.net.proxies import ProxiesFailed, Proxy, first_working, proxy_order, proxy_spec
+from davfed_fuse.net.transport import Endpoints
+from davfed_fuse.net.webdav import RemoteEntry
+from davfed_fuse.system.mounttable import read_mountinfo
+
+log = logging.getLogger(__name__)
+
+
+class Readiness:
+    """Reports once, to the launcher's pipe and to systemd, that the mount is live or failed."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def _send(self, line: str) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.write(fd, line.encode(errors="replace") + b"\n")
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def ready(self) -> None:
+        self._send("READY")
+        sd_notify("READY=1")
+
+    def failed(self, message: str) -> None:
+        self._send("ERROR " + " ".join(message.split()))
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd about ``state`` when run as a ``Type=notify`` service."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(state.encode(), address)
+        except OSError as exc:
+            log.warning("cannot notify systemd: %s", exc)
+
+
+def fuse_options(config: Config) -> set[str]:
+    """The option strings handed to libfuse for ``config``."""
+    fsname = config.url.replace("\\", "\\\\").replace(",", "\\,")
+    options = {f"fsname={fsname}", "subtype=davfed", "ro"}
+    for flag in ("nosuid", "nodev", "noexec"):
+        if getattr(config, flag):
+            options.add(flag)
+    if config.allow_other:
+        options.add("allow_other")
+    elif config.allow_root:
+        options.add("allow_root")
+    if config.default_permissions:
+        options.add("default_permissions")
+    return options | set(config.extra_fuse_options)
+
+
+async def _stat_root(federation: Federation, config: Config) -> RemoteEntry:
+    """PROPFIND the federation root, with a few retries for transient failures."""
+    delay = 0.2
+    for attempt in range(config.retries + 1):
+        try:
+            return await federation.stat("")
+        except (NotFound, Forbidden):
+            raise
+        except DavfedError as exc:
+            if attempt == config.retries:
+                raise
+            log.info("federation not answering (%s), retrying in %.1f s", exc, delay)
+        except httpx.HTTPError as exc:
+            if attempt == config.retries:
+                raise MountError(f"{type(exc).__name__}: {exc}") from exc
+            log.info("federation not answering (%s), retrying in %.1f s", exc, delay)
+        await trio.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
+
+
+#: mallopt(3)'s parameter number for the arena limit (glibc's malloc.h).
+M_ARENA_MAX = -8
+
+#: The kernel's read-ahead for the mount; it sets the size of FUSE read requests
+#: (128 KiB by default, 1 MiB is the most libfuse negotiates).
+KERNEL_READAHEAD_KB = 1024
+
+
+def mount_device(mountpoint: Path) -> str | None:
+    """``major:minor`` of the topmost mount at the already resolved ``mountpoint``.
+
+    Never ``stat`` (or ``realpath``) our own mountpoint from the daemon: that is
+    a FUSE request to ourselves, and it would hang before the request loop runs.
+    """
+    found = None
+    for entry in read_mountinfo():
+        if entry.mountpoint == str(mountpoint):
+            found = entry.device
+    return found
+
+
+def raise_kernel_readahead(mountpoint: Path, kilobytes: int = KERNEL_READAHEAD_KB) -> None:
+    """Let the kernel send large reads: set the mount's bdi ``read_ahead_kb``."""
+    device = mount_device(mountpoint)
+    if device is None:
+        log.warning("cannot find %s in mountinfo; kernel read-ahead left as is", mountpoint)
+        return
+    try:
+        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(f"{kilobytes}\n")
+    except OSError as exc:
+        log.info("cannot raise the kernel read-ahead of %s: %s", mountpoint, exc)
+
+
+async def _watch_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("got %s, unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+async def _announce(config: Config, mountpoint: Path, readiness: Readiness) -> None:
+    """Once the kernel has finished FUSE_INIT, tune the mount and report it live.
+
+    A ``stat`` of the mountpoint from a thread goes through the kernel to our
+    own ``getattr``, so when it returns the mount is served end to end. The
+    kernel applies its read-ahead at INIT, so ours is set after that.
+    """
+    with trio.fail_after(config.mount_timeout):
+        await trio.to_thread.run_sync(os.stat, mountpoint)
+    raise_kernel_readahead(mountpoint)
+    log.info("mounted %s on %s", config.url, mountpoint)
+    readiness.ready()
+
+
+#: Bytes httpcore asks the socket for per read (its default is 64 KiB). Each
+#: read is a trip through the event loop; 1 MiB reads double the throughput of
+#: one connection (performance-notes.md, "HTTP client").
+SOCKET_READ_BYTES = 1 << 20
+
+
+def _raise_socket_read_size() -> None:
+    connection = getattr(httpcore, "AsyncHTTP11Connection", None)
+    if connection is not None and hasattr(connection, "READ_NUM_BYTES"):
+        connection.READ_NUM_BYTES = max(connection.READ_NUM_BYTES, SOCKET_READ_BYTES)
+    else:  # pragma: no cover - a future httpcore without the knob
+        log.info("httpcore has no READ_NUM_BYTES; keeping its socket read size")
+
+
+def credentials_for(config: Config) -> Credentials:
+    """The mount's credential, found and checked (MountError with the reason if unusable)."""
+    credential = discover(
+        x509_proxy=config.x509_proxy,
+        x509_cert=config.x509_cert,
+        x509_key=config.x509_key,
+        token_file=config.token_file,
+    )
+    credentials = Credentials.create(credential, config.capath)
+    credentials.check()
+    log.info("credential: %s", credentials.describe())
+    return credentials
+
+
+async def choose_proxy(config: Config, credentials: Credentials) -> Proxy:
+    """The first proxy of the mount's list through which the federation answers.
+
+    None (DIRECT) when there is no list; MountError when no proxy of it works.
+    """
+    spec = proxy_spec(config.proxy, config.url, os.environ)
+    if spec is None:
+        return None
+
+    async def probe(proxy: Proxy) -> None:
+        async with http_client(config, credentials, 1, proxy) as client:
+            federation = Federation(config.url, client, federation_headers=credentials.headers)
+            # NotFound or Forbidden: the federation answered, so the proxy works.
+            with (
+                trio.fail_after(config.connect_timeout + config.timeout),
+                contextlib.suppress(NotFound, Forbidden),
+            ):
+                await federation.stat("")
+
+    try:
+        return await first_working(proxy_order(spec), probe)
+    except ProxiesFailed as exc:
+        raise MountError(f"{config.url}: {exc}") from None
+
+
+def http_client(
+    config: Config, credentials: Credentials, connections: int, proxy: Proxy = None
+) -> httpx.AsyncClient:
+    """A connection pool of at most ``connections`` kept-alive connections per host.
+
+    Its connections present the mount's current X.509 credential: after a
+    renewal, new requests go over new connections (:class:`CredentialTransport`).
+    Requests go through ``proxy`` (None: direct).
+    """
+    _raise_socket_read_size()
+    timeout = httpx.Timeout(config.timeout, connect=config.connect_timeout)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=connections)
+    return httpx.AsyncClient(
+        timeout=timeout,
+        limits=limits,
+        follow_redirects=False,
+        headers={"User-Agent": f"davfed/{__version__}"},
+        verify=credentials.ssl_context,
+        transport=CredentialTransport(credentials, limits=limits, proxy=proxy),
+    )
+
+
+def open_cache(config: Config, root: Path) -> BlockCache | None:
+    """The mount's block cache, or None with ``cache_size=0`` (reads go straight through)."""
+    if config.cache_size == 0:
+        return None
+    try:
+        return BlockCache(
+            root,
+            max_bytes=config.cache_size,
+            block_size=config.block_size,
+            max_fetches=config.max_connections,
+            # A reader's read-ahead, its current block and one more fetch run.
+            max_fresh_bytes=config.readahead + 4 * config.block_size,
+        )
+    except CacheLocked:
+        raise MountError(f"cache directory {root} is in use by another davfed mount") from None
+    except (OSError, sqlite3.Error) as exc:
+        raise MountError(f"cannot open the cache in {root}: {exc}") from exc
+
+
+async def serve(config: Config, readiness: Readiness) -> None:
+    """Mount, serve until unmounted or signalled, unmount.
+
+    Teardown runs in reverse: the kernel mount goes first, then the read-ahead
+    tasks, the HTTP connections and the cache index.
+    """
+    mountpoint = Path(config.mountpoint).resolve()
+    with contextlib.ExitStack() as stack:
+        cache = open_cache(config, cache_root(config.cache_dir, config.url))
+        if cache is not None:
+            stack.callback(cache.close)
+        credentials = credentials_for(config)
+        proxy = await choose_proxy(config, credentials)
+        async with (
+            http_client(config, credentials, config.max_connections + 2, proxy) as client,
+            http_client(config, credentials, config.max_connections, proxy) as background,
+        ):
+            # A FUSE request may try two replicas, each within the per-operation deadlines.
+            budget = 2 * (config.timeout + config.connect_timeout)
+            endpoints = Endpoints(
+                tls=credentials,
+                timeout=config.timeout,
+                connect_timeout=config.connect_timeout,
+                connections=config.max_connections + 2,
+                proxy=proxy,
+                user_agent=f"davfed/{__version__}",
+            )
+            stack.callback(endpoints.close)
+            federation = Federation(
+                config.url,
+                client,
+                background_client=background,
+                endpoints=endpoints,
+                federation_headers=credentials.headers,
+                budget=budget,
+                retries=config.retries,
+            )
+            try:
+                await _check_root(federation, config)
+            except MountError as exc:
+                if credentials.credential is None and isinstance(exc.__cause__, Forbidden):
+                    raise MountError(
+                        f"{exc}; no credential found (looked for {searched()})"
+                    ) from exc
+                raise
+            namespace = Namespace(
+                federation,
+                attr_timeout=config.attr_timeout,
+                dir_timeout=config.dir_timeout,
+                negative_timeout=config.negative_timeout,
+                clock=time.monotonic,
+            )
+            attributes = Attributes(
+                uid=config.uid,
+                gid=config.gid,
+                file_mode=config.file_mode,
+                dir_mode=config.dir_mode,
+                attr_timeout=config.attr_timeout,
+                entry_timeout=config.entry_timeout,
+            )
+            limiter = trio.CapacityLimiter(config.max_connections)
+            async with trio.open_nursery() as nursery:  # owns the read-ahead tasks
+
+                def open_reader(entry: RemoteEntry) -> Reader:
+                    if cache is None:
+                        return DirectReader(federation, entry)
+                    return CachedReader(
+                        federation, entry, cache, nursery, limiter, config.readahead
+                    )
+
+                # A request may wait for another reader's fetch, then fetch itself.
+                operations = DavfedOperations(
+                    namespace, attributes, open_reader, request_timeout=2 * budget
+                )
+                try:
+                    pyfuse3.init(operations, str(mountpoint), fuse_options(config))
+                except RuntimeError as exc:
+                    raise MountError(f"cannot mount on {mountpoint}: {exc}") from exc
+                try:
+                    nursery.start_soon(_watch_signals)
+                    nursery.start_soon(_announce, config, mountpoint, readiness)
+                    await pyfuse3.main()
+                finally:
+                    nursery.cancel_scope.cancel()
+                    pyfuse3.close(unmount=True)
+                    log.info("unmounted %s", mountpoint)
+
+
+async def _check_root(federation: Federation, config: Config) -> None:
+    try:
+        with trio.fail_after(config.mount_timeout):
+            root = await _stat_root(federation, config)
+    except trio.TooSlowError:
+        raise MountError(f"{config.url}: no answer within {config.mount_timeout:g} s") from None
+    except DavfedError as exc:
+        raise MountError(f"{config.url}: {exc}") from exc
+    if not root.is_dir:
+        raise MountError(f"{config.url} is a file, not a directory")
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first non-group exception inside ``exc`` (nurseries wrap errors in groups)."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Keep glibc from giving each worker thread its own malloc arena.
+
+    The daemon's threads (block writes and disk reads) allocate and free
+    megabyte buffers; with one arena per thread, freed memory stays with the
+    arenas and the daemon's RSS creeps up. Two arenas keep it close to what is
+    actually in use. Must run before any thread starts.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_ARENA_MAX, arenas)
+    except (OSError, AttributeError):  # not glibc
+        log.debug("mallopt unavailable; malloc arenas left as they are")
+
+
+def run(config: Config, ready_fd: int | None = None) -> int:
+    """Serve ``config.mountpoint`` in the foreground until unmounted or signalled.
+
+    When the mount is live and one metadata request to the federation
+    succeeded, writes ``READY\\n`` to ``ready_fd`` (if given) and closes it;
+    on a failure before that, writes ``ERROR <one line>\\n`` and returns 32.
+    Returns 0 after a clean unmount.
+    """
+    readiness = Readiness(ready_fd)
+    limit_malloc_arenas()
+    try:
+        trio.run(serve, config, readiness)
+    except Exception as caught:
+        exc = _leaf(caught)
+        if isinstance(exc, MountError):
+            log.error("%s", exc)
+            readiness.failed(str(exc))
+        else:
+            log.error("mount failed", exc_info=caught)
+            readiness.failed(f"internal error: {exc!r}")
+        return 32
+    return 0

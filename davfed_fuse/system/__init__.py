@@ -1,0 +1,1 @@
+"""The operating system's side: the mount table and libfuse."""
