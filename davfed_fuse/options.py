@@ -1,25 +1,12 @@
 """Mount option triage: ``-o`` strings in, a validated :class:`Config` out.
 
-Owns: the one table (:data:`OPTIONS`) that says what happens to every mount
-option davfed can receive, from mount(8), ``/etc/fstab``, cloud-init, systemd
-or a user, and the parsers that validate option values. Everything here is a
-pure function of its arguments (user and group names are looked up, nothing
-else touches the system).
-Must not import: pyfuse3, trio, httpx, or any davfed module but ``config``,
-``errors`` and ``logs``.
-
-Each option falls into one of five kinds:
-
-* ``DROP``: a word meant for mount(8), fstab or systemd (``defaults``,
-  ``_netdev``, ``nofail``, ``x-systemd.*``, ...). Accepted and ignored; libfuse
-  would otherwise die with "unknown option".
-* ``IGNORE``: accepted with a warning, because davfed decides it itself
-  (``fsname=``, ``subtype=``: the kernel always sees the URL and ``davfed``).
-* ``REJECT``: always an error, even with ``-s`` (``remount``, and options that
-  would put a secret on the command line, where ``ps`` shows it).
-* ``FLAG``: a bare word that sets :class:`Config` fields to constants (VFS
-  flags, ``allow_other``, ...).
-* ``VALUE``: ``key=value``; the value is parsed and validated into one field.
+Owns: splitting and joining ``-o`` strings (quotes, commas), checking the federation
+URL, applying the option table (``optiontable.OPTIONS``) in order, ``env.NAME=VALUE``,
+the checks across options, and what the daemon is handed (:class:`Triage`). The table
+itself, and the parsers of option values (``optionvalues``), are apart from it.
+Everything here is a pure function of its arguments.
+Must not import: pyfuse3, trio, httpx, or any davfed module but ``config``, ``errors``,
+``redaction``, ``optiontable`` and ``optionvalues``.
 
 ``_`` and ``-`` are the same in option names (``cache-size`` is ``cache_size``);
 values may be quoted with ``"`` or ``'`` to contain commas.
@@ -27,47 +14,24 @@ values may be quoted with ``"`` or ``'`` to contain commas.
 
 from __future__ import annotations
 
-import enum
-import grp
 import os
-import pwd
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from davfed_fuse.config import Config
 from davfed_fuse.errors import UsageError
+from davfed_fuse.optiontable import DROPPED_PREFIXES, OPTIONS, Kind, Rule
+from davfed_fuse.optionvalues import LOG_LEVELS, format_size
 from davfed_fuse.redaction import SECRET_QUERY_PARAMS
 
 #: systemd's default DefaultTimeoutStartSec: a mount must be live before this.
 SYSTEMD_MOUNT_TIMEOUT = 90.0
 
-_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\Z", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-class Kind(enum.Enum):
-    DROP = "drop"
-    IGNORE = "ignore"
-    REJECT = "reject"
-    FLAG = "flag"
-    VALUE = "value"
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """What one option does. ``help`` is what ``docs/options.md`` says about it."""
-
-    kind: Kind
-    help: str
-    sets: Mapping[str, object] = field(default_factory=dict)  # FLAG: field -> value
-    field: str | None = None  # VALUE: the Config field
-    parse: Callable[[str], object] | None = None  # VALUE: text -> field value
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,273 +45,6 @@ class Triage:
     config: Config
     warnings: tuple[str, ...]
     forwarded: tuple[str, ...]
-
-
-# --- value parsers: text -> value, ValueError with a short reason ---------------
-
-
-def parse_size(text: str) -> int:
-    """``20G``, ``512M``, ``64KiB``, ``4096`` -> bytes. Units are powers of 1024."""
-    match = _SIZE.match(text.strip())
-    if not match:
-        raise ValueError("expected a size such as 4096, 512M, 20G")
-    number, unit, _suffix = match.groups()
-    return int(float(number) * _SIZE_UNITS[unit.lower()])
-
-
-def _size_between(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = parse_size(text)
-        if not low <= value <= high:
-            raise ValueError(f"must be between {format_size(low)} and {format_size(high)}")
-        return value
-
-    return parse
-
-
-def _block_size(text: str) -> int:
-    value = _size_between(4 << 10, 64 << 20)(text)
-    if value % 4096:
-        raise ValueError("must be a multiple of 4K")
-    return value
-
-
-def format_size(value: int) -> str:
-    """The shortest exact spelling of ``value`` bytes: ``20G``, ``512M``, ``1000``."""
-    for unit in "TGMK":
-        factor = _SIZE_UNITS[unit.lower()]
-        if value and value % factor == 0:
-            return f"{value // factor}{unit}"
-    return str(value)
-
-
-def _seconds(minimum: float, *, inclusive: bool = True) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text.strip().removesuffix("s"))
-        except ValueError:
-            raise ValueError("expected a number of seconds") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError("expected a finite number of seconds")
-        if value < minimum or (not inclusive and value == minimum):
-            bound = "at least" if inclusive else "more than"
-            raise ValueError(f"must be {bound} {minimum:g} seconds")
-        return value
-
-    return parse
-
-
-def _integer(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text.strip(), 10)
-        except ValueError:
-            raise ValueError("expected a whole number") from None
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}")
-        return value
-
-    return parse
-
-
-def parse_umask(text: str) -> int:
-    """An octal umask: ``022``, ``0022`` or ``0o022``."""
-    digits = text.strip().lower().removeprefix("0o")
-    if not digits or any(c not in "01234567" for c in digits):
-        raise ValueError("expected an octal umask such as 022")
-    value = int(digits, 8)
-    if value > 0o777:
-        raise ValueError("must be at most 0777")
-    return value
-
-
-def parse_uid(text: str) -> int:
-    """A numeric uid or a user name."""
-    text = text.strip()
-    if text.isdigit():
-        return _integer(0, 2**32 - 2)(text)
-    try:
-        return pwd.getpwnam(text).pw_uid
-    except KeyError:
-        raise ValueError(f"no such user {text!r}") from None
-
-
-def parse_gid(text: str) -> int:
-    """A numeric gid or a group name."""
-    text = text.strip()
-    if text.isdigit():
-        return _integer(0, 2**32 - 2)(text)
-    try:
-        return grp.getgrnam(text).gr_gid
-    except KeyError:
-        raise ValueError(f"no such group {text!r}") from None
-
-
-def parse_abs_path(text: str) -> Path:
-    """An absolute path. ``~`` is never expanded: mount units have no HOME."""
-    if not text.startswith("/"):
-        raise ValueError("must be an absolute path (no ~, no relative paths)")
-    return Path(os.path.normpath(text))
-
-
-def parse_log_level(text: str) -> str:
-    level = text.strip().upper()
-    if level == "WARN":
-        level = "WARNING"
-    if level not in _LOG_LEVELS:
-        raise ValueError("expected one of debug, info, warning, error, critical")
-    return level
-
-
-def parse_log_format(text: str) -> str:
-    value = text.strip().lower()
-    if value not in ("text", "json"):
-        raise ValueError("expected text or json")
-    return value
-
-
-def parse_proxy(text: str) -> str:
-    """A CVMFS-style proxy list: ``http://a:3128|http://b:3128;http://c:3128;DIRECT``."""
-    text = text.strip()
-    if not text:
-        raise ValueError("must not be empty")
-    for item in re.split(r"[|;]", text):
-        if item == "DIRECT":
-            continue
-        parts = urlsplit(item)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{item!r} is neither DIRECT nor an http(s)://host:port URL")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("proxy credentials must not be given inline")
-    return text
-
-
-# --- the table -----------------------------------------------------------------
-
-_DROPPED = {
-    "defaults": "fstab placeholder for the default options",
-    "auto": "fstab: mount with mount -a",
-    "noauto": "fstab: do not mount with mount -a",
-    "user": "fstab: any user may mount (mount(8) adds noexec,nosuid,nodev)",
-    "users": "fstab: any user may mount and unmount",
-    "nouser": "fstab: only root may mount",
-    "owner": "fstab: the device owner may mount",
-    "group": "fstab: the device group may mount",
-    "_netdev": "systemd: needs the network (mandatory for davfed in fstab)",
-    "no_netdev": "systemd: does not need the network",
-    "nofail": "fstab/systemd: do not fail the boot if the mount fails",
-    "nobootwait": "Upstart-era fstab: do not wait for this mount at boot",
-    "nonempty": "FUSE 2: mounting over a non-empty directory is always allowed in FUSE 3",
-    "rw": "davfed is always read-only; mount(8) passes rw unless -r is given, "
-    "so it is accepted silently and writes fail with EROFS",
-    "ro": "read-only, which davfed always is",
-    "atime": "atime handling: a read-only mount never updates atime",
-    "relatime": "atime handling: a read-only mount never updates atime",
-    "norelatime": "atime handling: a read-only mount never updates atime",
-    "strictatime": "atime handling: a read-only mount never updates atime",
-    "nostrictatime": "atime handling: a read-only mount never updates atime",
-    "diratime": "atime handling: a read-only mount never updates atime",
-    "nodiratime": "atime handling: a read-only mount never updates atime",
-    "lazytime": "atime handling: a read-only mount never updates atime",
-    "nolazytime": "atime handling: a read-only mount never updates atime",
-}
-
-#: Option-name prefixes that are dropped: comments and x-* (systemd, mount(8)).
-DROPPED_PREFIXES = ("comment=", "x-", "X-")
-
-_SECRET_HINTS = {
-    "password": "put credentials in a file and use token_file= or x509_proxy=",
-    "passwd": "put credentials in a file and use token_file= or x509_proxy=",
-    "secret": "put credentials in a file and use token_file= or x509_proxy=",
-    "token": "put the token in a file and use token_file=PATH",
-    "bearer_token": "put the token in a file and use token_file=PATH",
-    "access_token": "put the token in a file and use token_file=PATH",
-    "authorization": "put the token in a file and use token_file=PATH",
-}
-
-
-def _flag(help: str, **sets: object) -> Rule:
-    return Rule(Kind.FLAG, help, sets=sets)
-
-
-def _value(name: str, parse: Callable[[str], object], help: str) -> Rule:
-    return Rule(Kind.VALUE, help, field=name, parse=parse)
-
-
-_positive = _seconds(0.0, inclusive=False)
-_non_negative = _seconds(0.0)
-
-#: Every option davfed knows, by normalised name (``-`` spelled ``_``).
-OPTIONS: dict[str, Rule] = {
-    **{word: Rule(Kind.DROP, why) for word, why in _DROPPED.items()},
-    "remount": Rule(
-        Kind.REJECT, "not supported: unmount (davfed umount DIR) and mount again instead"
-    ),
-    **{
-        word: Rule(Kind.REJECT, f"secrets are never accepted inline: {hint}")
-        for word, hint in _SECRET_HINTS.items()
-    },
-    "fsname": Rule(Kind.IGNORE, "ignored: the kernel always sees fsname=<URL as given>"),
-    "subtype": Rule(Kind.IGNORE, "ignored: the kernel always sees subtype=davfed"),
-    # VFS flags, kept in Config (the daemon turns them into mount flags).
-    "nosuid": _flag("ignore set-user/group-id bits (default)", nosuid=True),
-    "suid": _flag("honour set-user/group-id bits", nosuid=False),
-    "nodev": _flag("ignore device files (default)", nodev=True),
-    "dev": _flag("honour device files", nodev=False),
-    "noexec": _flag("do not allow executing files", noexec=True),
-    "exec": _flag("allow executing files (default)", noexec=False),
-    "noatime": _flag("do not update access times", noatime=True),
-    "sync": _flag("synchronous I/O (no effect on a read-only mount)", sync=True),
-    "async": _flag("asynchronous I/O (default)", sync=False),
-    "dirsync": _flag("synchronous directory updates (no effect read-only)", dirsync=True),
-    # FUSE options.
-    "allow_other": _flag(
-        "let every user access the mount (non-root: user_allow_other in /etc/fuse.conf)",
-        allow_other=True,
-    ),
-    "allow_root": _flag("let root access the mount as well as the owner", allow_root=True),
-    "default_permissions": _flag(
-        "let the kernel check permissions from the modes", default_permissions=True
-    ),
-    "debug": _flag("log at debug level", debug=True, log_level="DEBUG"),
-    # davfed's own options.
-    "cache_dir": _value("cache_dir", parse_abs_path, "directory of the block cache"),
-    "cache_size": _value(
-        "cache_size", _size_between(0, 1 << 60), "how much the block cache may keep on disk"
-    ),
-    "block_size": _value("block_size", _block_size, "size of one cached block (4K..64M)"),
-    "readahead": _value(
-        "readahead", _size_between(0, 16 << 30), "how far ahead of a sequential reader to fetch"
-    ),
-    "max_connections": _value(
-        "max_connections", _integer(1, 256), "concurrent HTTP connections per host"
-    ),
-    "uid": _value("uid", parse_uid, "owner of every file (number or user name)"),
-    "gid": _value("gid", parse_gid, "group of every file (number or group name)"),
-    "umask": _value("umask", parse_umask, "mode bits removed from 0444 files / 0555 dirs"),
-    "timeout": _value("timeout", _positive, "deadline of one HTTP request, seconds"),
-    "connect_timeout": _value("connect_timeout", _positive, "TCP+TLS connect deadline"),
-    "retries": _value("retries", _integer(0, 20), "retries of a failed HTTP request"),
-    "mount_timeout": _value(
-        "mount_timeout", _positive, "how long the helper waits for the mount to be live"
-    ),
-    "attr_timeout": _value("attr_timeout", _non_negative, "kernel/attribute cache TTL"),
-    "entry_timeout": _value("entry_timeout", _non_negative, "kernel name lookup cache TTL"),
-    "negative_timeout": _value(
-        "negative_timeout", _non_negative, "how long a missing name is remembered"
-    ),
-    "dir_timeout": _value("dir_timeout", _non_negative, "directory listing cache TTL"),
-    "log_level": _value("log_level", parse_log_level, "debug, info, warning, error"),
-    "log_format": _value("log_format", parse_log_format, "text or json (ECS-style lines)"),
-    "log_file": _value("log_file", parse_abs_path, "log to this file instead"),
-    "x509_proxy": _value("x509_proxy", parse_abs_path, "X.509 proxy certificate file"),
-    "x509_cert": _value("x509_cert", parse_abs_path, "X.509 client certificate file"),
-    "x509_key": _value("x509_key", parse_abs_path, "X.509 client key file"),
-    "token_file": _value("token_file", parse_abs_path, "file holding a bearer token"),
-    "capath": _value("capath", parse_abs_path, "directory of trusted CA certificates"),
-    "proxy": _value("proxy", parse_proxy, "HTTP proxies, CVMFS syntax (a|b;c;DIRECT)"),
-    "config": _value("config_file", parse_abs_path, "configuration file (not read yet)"),
-}
 
 
 # --- splitting ---------------------------------------------------------------
@@ -489,8 +186,8 @@ def build_config(
         values.update(debug=True, log_level="DEBUG")
     if verbose:
         level = values.get("log_level", Config.__dataclass_fields__["log_level"].default)
-        index = min(_LOG_LEVELS.index(level) + verbose, len(_LOG_LEVELS) - 1)
-        values["log_level"] = _LOG_LEVELS[index]
+        index = min(LOG_LEVELS.index(level) + verbose, len(LOG_LEVELS) - 1)
+        values["log_level"] = LOG_LEVELS[index]
         forwarded.append(f"log_level={values['log_level'].lower()}")
     config = Config(
         url=url,
@@ -567,16 +264,10 @@ def _check_config(config: Config, warnings: list[str]) -> None:
 
 
 __all__ = [
-    "DROPPED_PREFIXES",
-    "OPTIONS",
-    "Kind",
-    "Rule",
     "Triage",
     "build_config",
-    "format_size",
     "join_options",
     "normalise_name",
-    "parse_size",
     "split_options",
     "validate_url",
 ]

@@ -9,12 +9,16 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from davfed_fuse.system.mounttable import daemon_pid, find_mount
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "bin" / "mount.davfed"
@@ -66,6 +70,17 @@ def sha256_file(path: Path) -> str:
 
 
 Mounter = Callable[..., Path]
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 10, interval: float = 0.02) -> T:
+    """Call ``condition`` until it returns something true, at most ``timeout`` seconds.
+
+    Returns its last value (false if the time ran out): ``assert wait_until(...)``.
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(interval)
+    return value
 
 
 def the_daemon(mnt: Path) -> int:

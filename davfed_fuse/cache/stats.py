@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from davfed_fuse.exitcodes import Exit
+
 #: The layout version directory and index file of a cache root (``block_cache.FORMAT``).
 INDEX = Path("v1") / "index.sqlite3"
 LOCK = "lock"
@@ -258,22 +260,18 @@ def format_stats(stats: IndexStats) -> str:
 
 # --- the commands --------------------------------------------------------------------
 
-EXIT_OK = 0
-EXIT_UNREADABLE = 1
-EXIT_IN_USE = 32
-
 
 def stats_command(cache_dir: Path, *, as_json: bool = False) -> int:
     """``davfed cache stats``: 0, or 1 if some cache's index could not be read."""
     records: list[dict[str, Any]] = []
-    status = EXIT_OK
+    status: int = Exit.OK
     roots = find_roots(cache_dir)
     for root in roots:
         try:
             stats = read_stats(root)
         except StatsError as exc:
             print(f"davfed: cache stats: {exc}", file=sys.stderr)
-            status = EXIT_UNREADABLE
+            status = Exit.USAGE
             continue
         records.append(stats.as_json())
         if not as_json:
@@ -296,7 +294,7 @@ def clean_command(cache_dir: Path, *, as_json: bool = False) -> int:
 
     cleaned: list[dict[str, Any]] = []
     refused: list[dict[str, Any]] = []
-    status = EXIT_OK
+    status: int = Exit.OK
     roots = find_roots(cache_dir)
     for root in roots:
         try:
@@ -310,12 +308,12 @@ def clean_command(cache_dir: Path, *, as_json: bool = False) -> int:
             )
             print(f"davfed: cache clean: {message}", file=sys.stderr)
             refused.append({"root": str(root), "pid": pid, "error": message})
-            status = max(status, EXIT_IN_USE)
+            status = max(status, Exit.MOUNT)
             continue
         except (StatsError, CacheError, OSError, sqlite3.Error) as exc:
             print(f"davfed: cache clean: {root}: {exc}", file=sys.stderr)
             refused.append({"root": str(root), "pid": None, "error": str(exc)})
-            status = max(status, EXIT_UNREADABLE)
+            status = max(status, Exit.USAGE)
             continue
         cleaned.append(asdict(done))
         if not as_json:

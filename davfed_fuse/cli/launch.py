@@ -4,7 +4,7 @@ Owns: parsing the helper's command line (``mount.davfed URL DIR [-sfnv]
 [-N ns] [-o OPTS]... [-t type]``), the checks before mounting (the mountpoint
 exists, a stale mount is detached, the same URL is not mounted twice), and
 starting the daemon with fork+exec and waiting until it reports ``READY``.
-Must not import: pyfuse3, trio, httpx, ``mount`` (the daemon runs in a child
+Must not import: pyfuse3, trio, httpx, ``daemon`` (the daemon runs in a child
 process, never in this one: forking inside trio is unsafe).
 
 The handshake: the daemon gets the write end of a pipe as ``--ready-fd N``

@@ -39,14 +39,10 @@ import httpx
 
 from davfed_fuse.cli.parser import UsageParser
 from davfed_fuse.errors import DavfedError, UsageError
+from davfed_fuse.exitcodes import Exit
 from davfed_fuse.system.mounttable import MountEntry, read_mountinfo
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_USAGE = 1
-EXIT_MISMATCH = 2
-EXIT_ERROR = 3
 
 #: Algorithms davfed can compute, in Want-Digest preference order (Dynafed/DPM: adler32).
 ALGORITHMS = ("adler32", "md5")
@@ -345,8 +341,8 @@ def run(
                     flush=True,
                 )
     if mismatches:
-        return EXIT_MISMATCH
-    return EXIT_ERROR if errors else EXIT_OK
+        return Exit.FAILED
+    return Exit.ERROR if errors else Exit.OK
 
 
 def main(argv: Sequence[str]) -> int:

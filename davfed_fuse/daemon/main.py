@@ -31,12 +31,13 @@ from davfed_fuse.daemon.handlers import Attributes, DavfedOperations, Reader
 from davfed_fuse.daemon.namespace import Namespace
 from davfed_fuse.daemon.openfiles import CachedReader, DirectReader, cache_root
 from davfed_fuse.errors import DavfedError, Forbidden, MountError, NotFound
+from davfed_fuse.exitcodes import Exit
 from davfed_fuse.net.credentials import Credentials, CredentialTransport, discover, searched
 from davfed_fuse.net.federation import Federation
 from davfed_fuse.net.proxies import ProxiesFailed, Proxy, first_working, proxy_order, proxy_spec
 from davfed_fuse.net.transport import Endpoints
 from davfed_fuse.net.webdav import RemoteEntry
-from davfed_fuse.system.mounttable import read_mountinfo
+from davfed_fuse.system.mounttable import find_mount
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +132,8 @@ def mount_device(mountpoint: Path) -> str | None:
     Never ``stat`` (or ``realpath``) our own mountpoint from the daemon: that is
     a FUSE request to ourselves, and it would hang before the request loop runs.
     """
-    found = None
-    for entry in read_mountinfo():
-        if entry.mountpoint == str(mountpoint):
-            found = entry.device
-    return found
+    entry = find_mount(mountpoint, resolve=False)
+    return entry.device if entry is not None else None
 
 
 def raise_kernel_readahead(mountpoint: Path, kilobytes: int = KERNEL_READAHEAD_KB) -> None:
@@ -408,5 +406,5 @@ def run(config: Config, ready_fd: int | None = None) -> int:
         else:
             log.error("mount failed", exc_info=caught)
             readiness.failed(f"internal error: {exc!r}")
-        return 32
+        return Exit.MOUNT
     return 0

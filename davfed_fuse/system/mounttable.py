@@ -1,8 +1,11 @@
 """The kernel's mount table, as davfed needs it.
 
-Owns: parsing ``/proc/self/mountinfo`` (pure), finding the mount on a
-directory, recognising a stale FUSE mountpoint (ENOTCONN) and detaching or
-unmounting one (through ``umount`` / ``fusermount3``).
+Owns: THE reading of the kernel's mount table: parsing ``/proc/self/mountinfo``
+(pure), finding the mounts on a directory and the mount a path lives on, finding
+the daemon that serves a mountpoint, recognising a stale FUSE mountpoint
+(ENOTCONN) and detaching or unmounting one (through ``umount`` /
+``fusermount3``). Nothing else in davfed, its tests or its benchmarks reads
+``/proc/self/mountinfo`` or ``/proc/mounts``.
 Must not import: pyfuse3, trio, httpx, or any davfed module but ``errors``.
 """
 
@@ -91,18 +94,50 @@ def read_mountinfo(path: str = MOUNTINFO) -> list[MountEntry]:
         return parse_mountinfo(f)
 
 
-def find_mount(
-    mountpoint: str | os.PathLike[str], entries: Sequence[MountEntry] | None = None
-) -> MountEntry | None:
-    """The topmost mount on exactly ``mountpoint`` (symlinks resolved), or None."""
-    target = os.path.realpath(mountpoint)
+def mounts_at(
+    mountpoint: str | os.PathLike[str],
+    entries: Sequence[MountEntry] | None = None,
+    *,
+    resolve: bool = True,
+) -> list[MountEntry]:
+    """Every mount on exactly ``mountpoint``, bottom first (stacked mounts: several).
+
+    ``resolve`` resolves symlinks first. A daemon must pass ``resolve=False`` for
+    its own mountpoint: resolving it stats it, a FUSE request to itself, which hangs
+    before the request loop runs.
+    """
+    target = os.path.realpath(mountpoint) if resolve else os.fspath(mountpoint)
     if entries is None:
         entries = read_mountinfo()
-    found = None
+    return [entry for entry in entries if entry.mountpoint == target]
+
+
+def find_mount(
+    mountpoint: str | os.PathLike[str],
+    entries: Sequence[MountEntry] | None = None,
+    *,
+    resolve: bool = True,
+) -> MountEntry | None:
+    """The topmost mount on exactly ``mountpoint`` (see :func:`mounts_at`), or None."""
+    found = mounts_at(mountpoint, entries, resolve=resolve)
+    return found[-1] if found else None
+
+
+def containing_mount(
+    path: str | os.PathLike[str], entries: Sequence[MountEntry] | None = None
+) -> MountEntry | None:
+    """The mount ``path`` (made absolute, symlinks resolved) lives on: the deepest
+    mountpoint that is ``path`` or one of its ancestors (the topmost if stacked)."""
+    target = os.path.realpath(path)
+    if entries is None:
+        entries = read_mountinfo()
+    best: MountEntry | None = None
     for entry in entries:
-        if entry.mountpoint == target:
-            found = entry
-    return found
+        point = entry.mountpoint
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best.mountpoint)):
+            best = entry
+    return best
 
 
 def daemon_pid(mountpoint: str | os.PathLike[str], proc: str = "/proc") -> int | None:

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from davfed_fuse.system.mounttable import find_mount, read_mountinfo
+from davfed_fuse.system.mounttable import MountEntry, find_mount, mounts_at
+from tests.mounting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 HELPER = REPO / "bin" / "mount.davfed"
@@ -121,6 +122,23 @@ def test_unknown_command() -> None:
     result = davfed("frobnicate")
     assert result.returncode == 1
     assert "unknown command 'frobnicate'" in result.stderr
+
+
+@pytest.mark.parametrize("hidden", ["davfed_testfed", "aiohttp"])
+def test_testfed_without_its_extra_says_how_to_install_it(tmp_path: Path, hidden: str) -> None:
+    """``pip install davfed`` without ``[testfed]``: no test federation, no aiohttp."""
+    # A module set to None in sys.modules cannot be imported: as if it were not installed.
+    shim = (
+        f"import sys; sys.modules[{hidden!r}] = None\n"
+        "from davfed_fuse.cli.main import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    result = run(sys.executable, "-c", shim, "testfed", tmp_path, "--port", "0")
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert line.startswith("davfed: the test federation is not installed: ")
+    assert "pip install 'davfed[testfed]'" in line
+    assert result.stdout == ""
 
 
 def test_helper_help() -> None:
@@ -387,8 +405,8 @@ needs_fuse = pytest.mark.skipif(
 )
 
 
-def davfed_mounts(path: Path) -> list[Any]:
-    return [e for e in read_mountinfo() if e.mountpoint == str(path) and e.is_davfed]
+def davfed_mounts(path: Path) -> list[MountEntry]:
+    return [e for e in mounts_at(path, resolve=False) if e.is_davfed]
 
 
 @pytest.fixture
@@ -423,8 +441,9 @@ def test_real_mount_already_mounted_stale_and_umount(
     assert "already holds a davfed mount" in one_line(other.stderr)
 
     # The daemon dies: the mountpoint is stale, and mounting again detaches it first.
-    os.kill(record_of(fuse_env)["pid"], signal.SIGKILL)
-    time.sleep(0.2)
+    pid = record_of(fuse_env)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not alive(pid)), "the fake daemon survived SIGKILL"
     with pytest.raises(OSError, match="Transport endpoint is not connected"):
         os.listdir(mountpoint)
     revived = helper(URL, mountpoint, env=fuse_env)
@@ -436,10 +455,7 @@ def test_real_mount_already_mounted_stale_and_umount(
     done = davfed("umount", mountpoint)
     assert done.returncode == 0, done.stderr
     assert davfed_mounts(mountpoint) == []
-    deadline = time.monotonic() + 10
-    while alive(record_of(fuse_env)["pid"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive(record_of(fuse_env)["pid"])
+    assert wait_until(lambda: not alive(record_of(fuse_env)["pid"]))
 
 
 @pytest.mark.mount

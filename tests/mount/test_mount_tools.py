@@ -7,15 +7,22 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from davfed_fuse.system.mounttable import read_mountinfo
+from davfed_fuse.system.mounttable import mounts_at
 from davfed_testfed import TestFederation
-from tests.mounting import REPO, Mounter, requires_fuse, run_helper, the_daemon, unmount
+from tests.mounting import (
+    REPO,
+    Mounter,
+    requires_fuse,
+    run_helper,
+    the_daemon,
+    unmount,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.mount, requires_fuse]
 
@@ -23,7 +30,7 @@ SBIN = Path("/sbin")
 
 
 def mounts_on(path: Path) -> int:
-    return sum(1 for e in read_mountinfo() if e.mountpoint == str(path.resolve()))
+    return len(mounts_at(path))
 
 
 @pytest.fixture
@@ -51,7 +58,7 @@ def test_mount_t_davfed_and_umount(federation: TestFederation, tmp_path: Path) -
             timeout=60,
         )
         assert mounts_on(mnt) == 1
-        (entry,) = [e for e in read_mountinfo() if e.mountpoint == str(mnt)]
+        (entry,) = mounts_at(mnt)
         assert entry.fstype == "fuse.davfed"
         assert entry.source == federation.url
         assert (mnt / "file-4096.bin").stat().st_size == 4096
@@ -142,10 +149,7 @@ def test_a_signal_unmounts_cleanly(
     mnt = mounter(federation.url)
     pid = the_daemon(mnt)
     os.kill(pid, signum)
-    deadline = time.monotonic() + 20
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not Path(f"/proc/{pid}").exists(), "the daemon did not exit"
+    assert wait_until(lambda: not Path(f"/proc/{pid}").exists(), 20), "the daemon did not exit"
     assert mounts_on(mnt) == 0, "the daemon left its mount behind"
 
 

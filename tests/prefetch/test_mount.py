@@ -21,14 +21,8 @@ from typing import Any
 import pytest
 
 from davfed_testfed import TestFederation
+from tests.mounting import HELPER, REPO, is_mounted, requires_fuse, unmount
 
-REPO = Path(__file__).resolve().parents[2]
-HELPER = REPO / "bin" / "mount.davfed"
-
-requires_fuse = pytest.mark.skipif(
-    not (os.path.exists("/dev/fuse") and os.geteuid() == 0 and shutil.which("fusermount3")),
-    reason="needs /dev/fuse, root and fuse3",
-)
 pytestmark = [pytest.mark.mount, requires_fuse]
 
 MiB = 1 << 20
@@ -54,15 +48,7 @@ def mount(url: str, mountpoint: Path, cache: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, f"mount failed ({result.returncode}): {result.stderr}"
-    assert os.path.ismount(mountpoint)
-
-
-def unmount(mountpoint: Path) -> None:
-    """Unmount, lazily if something still holds it; never leave a mount behind."""
-    for command in (["umount", str(mountpoint)], ["umount", "-l", str(mountpoint)]):
-        if not os.path.ismount(mountpoint):
-            return
-        subprocess.run(command, capture_output=True, timeout=30, check=False)
+    assert is_mounted(mountpoint)
 
 
 @dataclass
@@ -108,7 +94,7 @@ def mounted(tmp_path: Path, make_testfed: Callable[..., TestFederation]) -> Iter
         yield Mounted(fed, data, mnt, cache)
     finally:
         unmount(mnt)
-    assert not os.path.ismount(mnt)
+    assert not is_mounted(mnt)
 
 
 def inputs(m: Mounted) -> list[Path]:

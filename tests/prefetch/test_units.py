@@ -14,23 +14,18 @@ import pytest
 
 from davfed_fuse.cache import stats as cachestats
 from davfed_fuse.cache.blockcache import BlockCache, FileIdentity
-from davfed_fuse.cli import prefetch
-from davfed_fuse.cli.prefetch import (
-    Failure,
-    FileResult,
+from davfed_fuse.cli import prefetch, prefetch_files, prefetch_progress
+from davfed_fuse.cli.prefetch_files import Failure, FileResult, Plan, Summary, Target
+from davfed_fuse.cli.prefetch_progress import (
     JsonReporter,
     PlainReporter,
-    Plan,
     RateMeter,
     Snapshot,
-    Summary,
-    Target,
-    containing_mount,
     eta,
     format_duration,
 )
 from davfed_fuse.errors import UsageError
-from davfed_fuse.system.mounttable import MountEntry
+from davfed_fuse.system.mounttable import MountEntry, containing_mount
 
 
 def entry(mountpoint: str, fstype: str) -> MountEntry:
@@ -80,10 +75,10 @@ def test_eta() -> None:
 
 
 def test_errno_name() -> None:
-    assert prefetch.errno_name(errno.ENOENT) == "ENOENT"
-    assert prefetch.errno_name(errno.EIO) == "EIO"
-    assert prefetch.errno_name(None) == "EIO"
-    assert prefetch.errno_name(99999) == "errno 99999"
+    assert prefetch_files.errno_name(errno.ENOENT) == "ENOENT"
+    assert prefetch_files.errno_name(errno.EIO) == "EIO"
+    assert prefetch_files.errno_name(None) == "EIO"
+    assert prefetch_files.errno_name(99999) == "errno 99999"
 
 
 def test_rate_meter_uses_a_sliding_window() -> None:
@@ -153,9 +148,9 @@ def test_containing_mount(path: str, mountpoint: str) -> None:
 
 def test_collect_refuses_paths_outside_davfed_before_reading_anything() -> None:
     with pytest.raises(UsageError, match=r"/tmp/x is not inside a davfed mount.*ext4"):
-        prefetch.collect(["/dynafed/belle/a", "/tmp/x"], [], ENTRIES)
+        prefetch_files.collect(["/dynafed/belle/a", "/tmp/x"], [], ENTRIES)
     with pytest.raises(UsageError, match=r"nested.*tmpfs"):
-        prefetch.collect([], ["/dynafed/belle/nested"], ENTRIES)
+        prefetch_files.collect([], ["/dynafed/belle/nested"], ENTRIES)
 
 
 def test_collect_plain_files_and_directories(tmp_path: Path) -> None:
@@ -165,7 +160,7 @@ def test_collect_plain_files_and_directories(tmp_path: Path) -> None:
     (tmp_path / "d" / "b").write_bytes(b"b" * 30)
     (tmp_path / "d" / "e" / "c").write_bytes(b"c" * 20)
     entries = [entry("/", "ext4"), entry(str(tmp_path.resolve()), "fuse.davfed")]
-    plan = prefetch.collect(
+    plan = prefetch_files.collect(
         [str(tmp_path / "a"), str(tmp_path / "missing"), str(tmp_path / "d" / "b")],
         [str(tmp_path / "d")],
         entries,
@@ -174,9 +169,9 @@ def test_collect_plain_files_and_directories(tmp_path: Path) -> None:
     assert plan.total_bytes == 60
     assert [(Path(f.path).name, f.name) for f in plan.failures] == [("missing", "ENOENT")]
     with pytest.raises(UsageError, match="is a directory; use -r"):
-        prefetch.collect([str(tmp_path / "d")], [], entries)
+        prefetch_files.collect([str(tmp_path / "d")], [], entries)
     with pytest.raises(UsageError, match="not a directory"):
-        prefetch.collect([], [str(tmp_path / "a")], entries)
+        prefetch_files.collect([], [str(tmp_path / "a")], entries)
 
 
 # --- reading and reporting -------------------------------------------------------------
@@ -186,11 +181,11 @@ def test_read_file_reads_everything_in_chunks(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(os.urandom(10_000))
     seen: list[int] = []
-    assert prefetch.read_file(str(path), seen.append, threading.Event(), chunk=4096) == 10_000
+    assert prefetch_files.read_file(str(path), seen.append, threading.Event(), chunk=4096) == 10_000
     assert seen == [4096, 4096, 1808]
     stop = threading.Event()
     stop.set()
-    assert prefetch.read_file(str(path), seen.append, stop, chunk=4096) == 0
+    assert prefetch_files.read_file(str(path), seen.append, stop, chunk=4096) == 0
 
 
 def test_prefetch_reads_a_plan_and_reports_json(tmp_path: Path) -> None:
@@ -244,7 +239,7 @@ def test_plain_reporter_prints_every_interval() -> None:
 
 def test_quiet_shows_only_failures() -> None:
     err = io.StringIO()
-    reporter = prefetch.choose_reporter(quiet=True, as_json=False, interval=1, err=err)
+    reporter = prefetch_progress.choose_reporter(quiet=True, as_json=False, interval=1, err=err)
     reporter.start(1, 10)
     reporter.tick(Snapshot(100, 0, 1, 0, 10, 0.0))
     reporter.failed(Failure("/m/x", errno.ENOENT, "No such file or directory"))
@@ -257,9 +252,12 @@ def test_reporter_choice() -> None:
         def isatty(self) -> bool:
             return True
 
-    choose = prefetch.choose_reporter
+    choose = prefetch_progress.choose_reporter
     assert type(choose(quiet=False, as_json=False, interval=1, err=io.StringIO())) is PlainReporter
-    assert type(choose(quiet=False, as_json=False, interval=1, err=Tty())) is prefetch.RichReporter
+    assert (
+        type(choose(quiet=False, as_json=False, interval=1, err=Tty()))
+        is prefetch_progress.RichReporter
+    )
     assert type(choose(quiet=True, as_json=True, interval=1, err=Tty())) is JsonReporter
 
 

@@ -9,9 +9,11 @@ import pytest
 
 from davfed_fuse.system.mounttable import (
     MountEntry,
+    containing_mount,
     daemon_pid,
     find_mount,
     is_stale,
+    mounts_at,
     parse_mountinfo,
     parse_mountinfo_line,
     read_mountinfo,
@@ -93,6 +95,33 @@ def test_find_mount_resolves_symlinks(tmp_path: Path) -> None:
     line = f"50 22 0:40 / {real} rw - fuse.davfed https://x.example/ rw"
     entries = parse_mountinfo([line])
     assert find_mount(tmp_path / "link", entries) == entries[0]
+
+
+def test_mounts_at_lists_stacked_mounts_bottom_first() -> None:
+    entries = parse_mountinfo(SAMPLE.splitlines(keepends=True))
+    assert [e.mount_id for e in mounts_at("/tmp", entries)] == [42, 43]
+    assert mounts_at("/dynafed", entries) == []
+
+
+def test_without_resolving_the_path_is_taken_as_given(tmp_path: Path) -> None:
+    """What a daemon needs for its own mountpoint: resolving it would stat it."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    entries = parse_mountinfo([f"50 22 0:40 / {real} rw - fuse.davfed https://x.example/ rw"])
+    assert find_mount(tmp_path / "link", entries, resolve=False) is None
+    assert find_mount(real, entries, resolve=False) == entries[0]
+
+
+def test_containing_mount_is_the_deepest_ancestor() -> None:
+    entries = parse_mountinfo(SAMPLE.splitlines(keepends=True))
+    inner = containing_mount("/dynafed/belle/run/a.root", entries)
+    assert inner is not None and inner.mount_id == 40
+    assert containing_mount("/dynafed/belle", entries) == inner
+    outer = containing_mount("/dynafed/belle2/x", entries)  # a prefix is not an ancestor
+    assert outer is not None and outer.mountpoint == "/"
+    top = containing_mount("/tmp/x", entries)
+    assert top is not None and top.mount_id == 43  # stacked: the topmost
 
 
 def test_read_the_real_mount_table() -> None:

@@ -11,16 +11,9 @@ import pytest
 
 from davfed_fuse.config import Config, GiB, MiB
 from davfed_fuse.errors import UsageError
-from davfed_fuse.options import (
-    OPTIONS,
-    Kind,
-    build_config,
-    format_size,
-    join_options,
-    parse_size,
-    split_options,
-    validate_url,
-)
+from davfed_fuse.options import build_config, join_options, split_options, validate_url
+from davfed_fuse.optiontable import OPTIONS, Kind
+from davfed_fuse.optionvalues import format_size, parse_size
 
 URL = "https://dynafed.example/belle"
 DEFAULT = Config(url=URL, mountpoint=Path("/mnt"))
