@@ -520,7 +520,8 @@ async def test_reader_waiting_on_a_failed_prefetch_fetches_itself(
     got: list[bytes] = []
 
     async def reader() -> None:
-        await trio.sleep(0.5)  # the prefetch is in flight by now: wait for it
+        await trio.testing.wait_all_tasks_blocked()
+        assert cache.is_pending(ident, 1)  # the prefetch is in flight: wait for it
         got.append(await cache.read(ident, BS, 10, first_fails))
 
     async with trio.open_nursery() as nursery:
