@@ -1,11 +1,8 @@
-"""Block writes bypass the page cache only for page-aligned memory (O_DIRECT's rule),
-and the index is written off the event loop."""
+"""Block writes bypass the page cache only for page-aligned memory (O_DIRECT's rule)."""
 
 from __future__ import annotations
 
 import os
-import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
@@ -92,27 +89,3 @@ async def test_the_cache_writes_fetched_maps_around_the_page_cache(
     h = url_hash(ident.url)
     path = direct_io / "cache" / "v1" / h[:2] / h / "2"
     assert in_page_cache(path) is not aligned
-
-
-async def test_the_index_is_written_off_the_event_loop(make_cache: MakeCache) -> None:
-    data = make_source(8 * 1000)
-    ident = ident_for(data)
-    cache = make_cache(max_bytes=3 * 1000)
-    threads: list[tuple[int, str]] = []
-
-    def trace(statement: str) -> None:
-        threads.append((threading.get_ident(), statement))
-
-    db: sqlite3.Connection = cache._index._db
-    db.set_trace_callback(trace)
-    fetch = FakeFetcher(data)
-    for k in range(8):  # stores and evictions
-        await cache.read(ident, k * 1000, 10, fetch)
-    cache._bind(ident_for(data, etag="changed"))  # drops every block of the file
-    await cache.read(ident_for(data, etag="changed"), 0, 10, fetch)
-    cache.close()
-    statements = [s for _, s in threads]
-    assert any(s.startswith("INSERT INTO blocks") for s in statements)
-    assert any(s.startswith("DELETE FROM blocks") for s in statements)
-    assert "COMMIT" in statements
-    assert threading.get_ident() not in {t for t, _ in threads}
