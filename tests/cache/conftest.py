@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import trio
 
-from davfed_fuse.cache.blockcache import BlockCache, FileIdentity, check_invariants
+from davfed_fuse.cache.blockcache import BlockCache, FileIdentity
+from davfed_fuse.cache.fsck import check_invariants
 
 BS = 1000  # small blocks keep the tests fast; nothing depends on a power of two
 

@@ -17,15 +17,11 @@ import pytest
 import trio
 import trio.testing
 
-from davfed_fuse.cache.blockcache import (
-    BUFFERED_FOR,
-    BadFetch,
-    BlockCache,
-    CacheLocked,
-    check_invariants,
-    url_hash,
-    write_block_file,
-)
+from davfed_fuse.cache.blockcache import BadFetch, BlockCache, CacheLocked
+from davfed_fuse.cache.blockfiles import write_block_file
+from davfed_fuse.cache.fresh import BUFFERED_FOR
+from davfed_fuse.cache.fsck import check_invariants
+from davfed_fuse.cache.model import url_hash
 
 from .conftest import BS, FakeFetcher, MakeCache, ident_for, make_source
 
@@ -247,18 +243,18 @@ async def test_pinned_blocks_are_never_evicted(make_cache: MakeCache) -> None:
     await cache.read(ident, 0, 10, fetch)
     await cache.read(ident, BS, 10, fetch)
     key = (url_hash(ident.url), 0)
-    cache._pin(key)  # as a read of block 0 in a worker thread does
+    cache._lru.pin(key)  # as a read of block 0 in a worker thread does
     for k in range(2, 6):
         assert await cache.read(ident, k * BS, 10, fetch) == data[k * BS : k * BS + 10]
         assert cache.is_cached(ident, 0)
-    cache._pin(key)
-    cache._pin((url_hash(ident.url), 5))
+    cache._lru.pin(key)
+    cache._lru.pin((url_hash(ident.url), 5))
     # Everything is pinned: the next block is served without being stored.
     assert await cache.read(ident, 7 * BS, 10, fetch) == data[7 * BS : 7 * BS + 10]
     assert not cache.is_cached(ident, 7) and cache.stats().passthrough == 1
-    cache._unpin(key)
-    cache._unpin(key)
-    cache._unpin((url_hash(ident.url), 5))
+    cache._lru.unpin(key)
+    cache._lru.unpin(key)
+    cache._lru.unpin((url_hash(ident.url), 5))
 
 
 async def test_disk_full_serves_reads_and_recovers(
@@ -278,7 +274,7 @@ async def test_disk_full_serves_reads_and_recovers(
         write_block_file(path, body, direct)
 
     cache = make_cache(writer=writer, clock=lambda: now[0], retry_store_after=30.0)
-    with caplog.at_level(logging.WARNING, logger="davfed_fuse.cache.blockcache"):
+    with caplog.at_level(logging.WARNING, logger="davfed_fuse.cache"):
         for k in range(4):
             assert await cache.read(ident, k * BS, BS, fetch) == data[k * BS : (k + 1) * BS]
     assert len(caplog.records) == 1 and "No space left" in caplog.records[0].getMessage()
@@ -524,7 +520,8 @@ async def test_reader_waiting_on_a_failed_prefetch_fetches_itself(
     got: list[bytes] = []
 
     async def reader() -> None:
-        await trio.sleep(0.5)  # the prefetch is in flight by now: wait for it
+        await trio.testing.wait_all_tasks_blocked()
+        assert cache.is_pending(ident, 1)  # the prefetch is in flight: wait for it
         got.append(await cache.read(ident, BS, 10, first_fails))
 
     async with trio.open_nursery() as nursery:
