@@ -61,6 +61,7 @@ from davfed_fuse.cache.model import (
     FileIdentity,
     url_hash,
 )
+from davfed_fuse.cache.private import DIR_MODE, private_root
 
 __all__ = [
     "BadFetch",
@@ -127,7 +128,8 @@ class BlockCache:
         self._active_reads = 0  # read() calls in progress
         self._closed = False
 
-        os.makedirs(data, exist_ok=True)
+        private_root(self.root)
+        os.makedirs(data, DIR_MODE, exist_ok=True)
         self._lock = DirectoryLock(self.root / "lock")
         try:
             self._index = Index(os.path.join(data, "index.sqlite3"), block_size=block_size)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from davfed_fuse.buffers import Buffer, is_page_aligned
 from davfed_fuse.cache.model import BlockKey, block_checksum
+from davfed_fuse.cache.private import FILE_MODE
 
 #: Writes ``data`` to a new file at ``path`` and fsyncs it; runs in a worker thread. The
 #: third argument says whether the write may bypass the page cache (``O_DIRECT``).
@@ -48,11 +49,11 @@ def write_block_file(path: str, data: Buffer, direct: bool = False) -> None:
     direct = direct and bool(_DIRECT) and is_page_aligned(view)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags | (_DIRECT if direct else 0), 0o644)
+        fd = os.open(path, flags | (_DIRECT if direct else 0), FILE_MODE)
     except OSError as exc:
         if exc.errno != errno.EINVAL or not direct:
             raise
-        fd = os.open(path, flags, 0o644)  # a file system without O_DIRECT (older tmpfs)
+        fd = os.open(path, flags, FILE_MODE)  # a file system without O_DIRECT (older tmpfs)
         direct = False
     try:
         while view:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from davfed_fuse.cache.model import CacheLocked
+from davfed_fuse.cache.private import FILE_MODE
 
 
 class DirectoryLock:
@@ -21,7 +22,7 @@ class DirectoryLock:
     """
 
     def __init__(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -31,6 +31,7 @@ from davfed_fuse.cache.fresh import FreshBlocks
 from davfed_fuse.cache.index import Index
 from davfed_fuse.cache.lru import Block, Lru
 from davfed_fuse.cache.model import BadFetch, BlockKey, Fetcher, FileIdentity, block_checksum
+from davfed_fuse.cache.private import make_private_dirs
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ class Filler:
     def _write_tmp(self, tmp: str, data: memoryview, direct: bool) -> int:
         """Runs in a worker thread: make the block's directory, write+fsync ``tmp``,
         and return the block's checksum (computed here, off the event loop)."""
-        os.makedirs(os.path.dirname(tmp), exist_ok=True)
+        make_private_dirs(Path(tmp).parent)
         self._writer(tmp, data, direct)
         return block_checksum(data)
 

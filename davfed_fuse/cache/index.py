@@ -38,6 +38,7 @@ import trio
 
 from davfed_fuse.cache.lru import Block
 from davfed_fuse.cache.model import CHECKSUM_ID, BlockKey, FileIdentity
+from davfed_fuse.cache.private import create_private_file
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class Index:
     def __init__(self, path: str, *, block_size: int) -> None:
         self.path = path
         self.block_size = block_size
+        create_private_file(path)
         self._db = sqlite3.connect(path, check_same_thread=False)
         self._lock = threading.Lock()  # the connection: the writer thread, or a sync caller
         self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
