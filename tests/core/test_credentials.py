@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from davfed_fuse.errors import Forbidden, MountError, UpstreamError, UpstreamTimeout
 from davfed_fuse.net.credentials import Credentials, check_private, discover
-from davfed_fuse.net.federation import transport_error
+from davfed_fuse.net.httpclient import translate
 
 
 def write_cert(path: Path, *, hours: float) -> dt.datetime:
@@ -191,7 +191,7 @@ def tls_failure(message: str) -> httpx.ReadError:
 def test_a_refused_client_certificate_is_eacces_with_the_reason(
     alert: str, meaning: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    error = transport_error(tls_failure(f"[SSL: {alert}] alert (_ssl.c:2580)"), "GET /f")
+    error = translate(tls_failure(f"[SSL: {alert}] alert (_ssl.c:2580)"), "GET /f")
     assert isinstance(error, Forbidden) and error.errno == errno.EACCES
     assert meaning in str(error) and alert in str(error)
     assert [r.levelname for r in caplog.records] == ["ERROR"]
@@ -200,8 +200,8 @@ def test_a_refused_client_certificate_is_eacces_with_the_reason(
 
 def test_other_transport_failures_are_not_eacces() -> None:
     assert isinstance(
-        transport_error(tls_failure("[SSL: WRONG_VERSION_NUMBER] wrong version"), "GET /f"),
+        translate(tls_failure("[SSL: WRONG_VERSION_NUMBER] wrong version"), "GET /f"),
         UpstreamError,
     )
-    assert isinstance(transport_error(httpx.ReadError("reset"), "GET /f"), UpstreamError)
-    assert isinstance(transport_error(httpx.ReadTimeout("slow"), "GET /f"), UpstreamTimeout)
+    assert isinstance(translate(httpx.ReadError("reset"), "GET /f"), UpstreamError)
+    assert isinstance(translate(httpx.ReadTimeout("slow"), "GET /f"), UpstreamTimeout)

@@ -22,6 +22,7 @@ from davfed_fuse.errors import (
     UpstreamTimeout,
     errno_for,
 )
+from davfed_fuse.net.httpclient import map_exceptions, translate
 
 
 @pytest.mark.parametrize(
@@ -36,9 +37,7 @@ from davfed_fuse.errors import (
         (BadResponse("x"), errno.EIO),
         (MountError("x"), errno.EIO),
         (DavfedError("x"), errno.EIO),
-        (httpx.ReadTimeout("x"), errno.ETIMEDOUT),
-        (trio.TooSlowError(), errno.ETIMEDOUT),
-        (httpx.ConnectError("x"), errno.EIO),
+        (TimeoutError(), errno.ETIMEDOUT),
         (FileNotFoundError(errno.ENOENT, "x"), errno.ENOENT),
         (ValueError("a bug"), errno.EIO),
         (KeyError("a bug"), errno.EIO),
@@ -48,12 +47,35 @@ def test_errno_table(exc: Exception, code: int) -> None:
     assert errno_for(exc) == code
 
 
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (httpx.ReadTimeout("x"), errno.ETIMEDOUT),
+        (httpx.ConnectError("x"), errno.EIO),
+        (httpx.RemoteProtocolError("x"), errno.EIO),
+        (httpx.TooManyRedirects("x"), errno.EIO),
+    ],
+)
+def test_httpx_errors_reach_the_table_as_davfed_errors(exc: Exception, code: int) -> None:
+    """The network layer translates httpx's exceptions at its boundary (errors.py knows none)."""
+    translated = translate(exc, "GET /f")
+    assert isinstance(translated, DavfedError)
+    assert errno_for(translated) == code
+    with pytest.raises(DavfedError) as raised, map_exceptions("GET /f"):
+        raise exc
+    assert raised.value.__cause__ is exc
+
+
 async def test_no_exception_escapes_a_handler_but_as_fuse_error() -> None:
     @fuse_errors
     async def handler(exc: BaseException) -> None:
         raise exc
 
-    for exc, code in [(NotFound("gone"), errno.ENOENT), (ZeroDivisionError(), errno.EIO)]:
+    for exc, code in [
+        (NotFound("gone"), errno.ENOENT),
+        (ZeroDivisionError(), errno.EIO),
+        (trio.TooSlowError(), errno.ETIMEDOUT),  # a deadline below the handler's
+    ]:
         with pytest.raises(pyfuse3.FUSEError) as raised:
             await handler(exc)
         assert raised.value.errno == code
