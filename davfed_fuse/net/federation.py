@@ -61,7 +61,7 @@ from davfed_fuse.net.replicas import (
     backoff,
     next_replica,
 )
-from davfed_fuse.net.transport import Lane, Transport
+from davfed_fuse.net.transport import Lane, Transport, log_transfer
 from davfed_fuse.net.webdav import (
     METALINK_ACCEPT,
     PROPFIND_BODY,
@@ -423,8 +423,7 @@ class Federation:
         Raises :class:`Redirect` for a 3xx. An endpoint's failure is a
         :class:`TargetFailed` (with the good bytes read before it); the federation's
         own answer that is no data raises its davfed error. Each transaction with a
-        storage endpoint is one log event: Dynafed never learns whether the client's
-        transfer after its redirect worked; the client does (ECS field names, for ELK).
+        storage endpoint is one log event (:func:`log_transfer`).
         """
         if origin(url) == self._origin:
             headers = self._headers_for(url)
@@ -450,26 +449,4 @@ class Federation:
             got, error = failed.got, str(failed.error)
             raise
         finally:
-            _log_transfer(url, start, end, got, error, trio.current_time() - started)
-
-
-def _log_transfer(url: str, start: int, end: int, got: int, error: str | None, took: float) -> None:
-    parts = urlsplit(url)
-    log.info(
-        "GET %s bytes %d-%d: %s",
-        redact_url(url),
-        start,
-        end - 1,
-        "ok" if error is None else error,
-        extra={
-            "event.action": "read",
-            "event.outcome": "success" if error is None else "failure",
-            "event.duration": int(took * 1e9),
-            "destination.domain": parts.hostname,
-            "destination.port": parts.port,
-            "url.path": parts.path,
-            "http.request.method": "GET",
-            "http.response.body.bytes": got,
-            "davfed.range": f"{start}-{end - 1}",
-        },
-    )
+            log_transfer(url, start, end, got, error, trio.current_time() - started)

@@ -405,3 +405,18 @@ async def test_a_target_that_starts_redirecting_is_located_again(world: World) -
     fed._targets.remember("f", world.replicas[0])  # a target known from before
     assert await fed.read("f", 100, 200, len(DATA)) == DATA[100:200]
     assert world.hosts() == ["store0.test", "fed.test", "store0.test", "store1.test"]
+
+
+async def test_remembered_targets_leave_after_their_ttl(world: World) -> None:
+    """A URL without an expiry is not remembered for the life of the mount."""
+    now = [1000.0]
+    fed = make(world, now)
+    for name in ("f", "g"):
+        await fed.read(name, 0, 10, len(DATA))
+    assert fed.remembered_targets() == 2
+    fed.forget_target("g")
+    assert fed.remembered_targets() == 1
+    now[0] += 3600.0
+    assert fed.remembered_targets() == 0
+    await fed.read("f", 0, 10, len(DATA))
+    assert world.hosts().count("fed.test") == 3, "asked again after the TTL"
