@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 
 import httpx
 import pyfuse3
@@ -102,3 +104,11 @@ async def test_a_request_that_outlives_its_budget_is_etimedout(
         await Ops().read()
     assert raised.value.errno == errno.ETIMEDOUT
     assert trio.current_time() - started == pytest.approx(5.0)
+
+
+def test_the_errno_table_loads_no_io_framework() -> None:
+    """errors.py is on the mount helper's path: it must not load httpx or trio."""
+    code = "import sys, davfed_fuse.errors, davfed_fuse.net.http, davfed_fuse.net.replicas; "
+    code += "print(sorted(m for m in ('httpx', 'trio', 'pyfuse3') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
