@@ -1,7 +1,10 @@
 """davfed's exception hierarchy and the one place where errors become errnos.
 
 Owns: the mapping from every failure davfed knows about to a POSIX errno.
-Must not import: pyfuse3 (``fuse_ops`` turns :func:`errno_for` into ``FUSEError``).
+Must not import: pyfuse3 (``daemon.handlers`` turns :func:`errno_for` into ``FUSEError``),
+httpx or trio: the network layer raises these errors in place of httpx's
+(``net.httpclient.map_exceptions``), and the handlers their deadline's as
+:class:`UpstreamTimeout`. A pure module, loaded by the mount helper.
 
 ::
 
@@ -21,9 +24,6 @@ from __future__ import annotations
 
 import errno
 import logging
-
-import httpx
-import trio
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,8 @@ def errno_for(exc: Exception) -> int:
     """
     if isinstance(exc, DavfedError):
         return exc.errno
-    if isinstance(exc, (httpx.TimeoutException, trio.TooSlowError)):
+    if isinstance(exc, TimeoutError):
         return errno.ETIMEDOUT
-    if isinstance(exc, httpx.TransportError):
-        return errno.EIO
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
     log.error("internal error, returning EIO", exc_info=exc)

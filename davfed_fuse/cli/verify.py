@@ -13,9 +13,11 @@ One line per file on stdout: ``OK``, ``MISMATCH``, ``NO CHECKSUM offered`` or
 file OK or without a checksum, 1 usage error (a path that is not a file in a
 davfed mount), 2 a mismatch, 3 an error and no mismatch.
 
+The federation is asked through davfed's own :class:`~davfed_fuse.net.federation.Federation`
+(its one redirect loop, its credential rule and its error table), in a short trio run.
 Credentials: the same discovery as a mount's defaults (``credentials.discover``
 from the environment); a bearer token goes to the federation only, never to a
-replica it redirects to. Must not import: pyfuse3, trio.
+replica it redirects to. Must not import: pyfuse3, the daemon, the cache.
 """
 
 from __future__ import annotations
@@ -28,18 +30,20 @@ import os
 import ssl
 import sys
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urlsplit
 
-import httpx
+import trio
 
 from davfed_fuse.cli.parser import UsageParser
 from davfed_fuse.errors import DavfedError, UsageError
 from davfed_fuse.exitcodes import Exit
+from davfed_fuse.net.credentials import Credentials, TLSGeneration, discover
+from davfed_fuse.net.federation import Federation
+from davfed_fuse.net.httpclient import metadata_client
 from davfed_fuse.system.mounttable import MountEntry, read_mountinfo
 
 log = logging.getLogger(__name__)
@@ -164,78 +168,38 @@ def want_digest(algorithms: Sequence[str]) -> str:
     return ", ".join(parts)
 
 
-class Federation:
-    """Asks the federation for checksums (one HTTP client for every file)."""
+class Checksums:
+    """Asks a federation for its files' checksums (through davfed's own :class:`Federation`)."""
 
-    def __init__(
-        self,
-        algorithms: Sequence[str] = ALGORITHMS,
-        timeout: float = 30.0,
-        ssl_context: ssl.SSLContext | None = None,
-        headers: dict[str, str] | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
+    def __init__(self, federation: Federation, algorithms: Sequence[str] = ALGORITHMS) -> None:
+        self.federation = federation
         self.algorithms = tuple(algorithms)
-        verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        self._client = httpx.Client(
-            timeout=timeout, follow_redirects=False, verify=verify, transport=transport
-        )
-        self._fed_headers = headers or {}
 
-    def close(self) -> None:
-        self._client.close()
-
-    def _ask(self, url: str, headers: dict[str, str], hop: int) -> httpx.Response:
-        response = self._client.head(url, headers=headers)
-        if hop > 0 and response.status_code in (403, 405):
-            # A replica signed for GET only (S3 SigV4) refuses HEAD: GET, headers only.
-            with self._client.stream("GET", url, headers=headers) as streamed:
-                return streamed
-        return response
-
-    def checksum(self, url: str) -> Offer:
+    async def checksum(self, url: str) -> Offer:
         """The checksum the federation offers for the file at ``url``.
 
         Raises:
             VerifyError: the federation or the replica failed (network, 404, 5xx, loops).
         """
-        wanted = want_digest(self.algorithms)
-        fed_host = urlsplit(url).netloc
-        seen: set[str] = set()
-        for hop in range(MAX_REDIRECTS + 1):
-            headers = {"Want-Digest": wanted}
-            if urlsplit(url).netloc == fed_host:
-                headers.update(self._fed_headers)  # a token never goes to a replica
-            try:
-                response = self._ask(url, headers, hop)
-            except httpx.HTTPError as exc:
-                raise VerifyError(f"{_where(url)}: {type(exc).__name__}: {exc}") from None
-            status = response.status_code
-            if status in (301, 302, 303, 307, 308):
-                location = response.headers.get("Location")
-                if not location:
-                    raise VerifyError(f"{_where(url)}: {status} without a Location")
-                url = urljoin(url, location)
-                if urlsplit(url).scheme not in ("http", "https"):
-                    raise VerifyError(f"redirect to a {urlsplit(url).scheme!r} URL")
-                if url in seen:
-                    raise VerifyError(f"redirect loop at {_where(url)}")
-                seen.add(url)
-                continue
-            if status == 400 and hop == 0:
-                # Dynafed: "No plugin can calculate a checksum" (no candochecksum endpoint)
-                return Offer(
-                    None,
-                    detail="the federation answered 400: no endpoint can compute a checksum",
-                )
-            if not 200 <= status < 300:
-                raise VerifyError(f"{_where(url)} answered {status} {response.reason_phrase}")
-            offered = parse_digest(response.headers.get("Digest", ""))
-            for name in self.algorithms:
-                if name in offered:
-                    return Offer(name, offered[name], f"from {_where(url)}")
-            return Offer(None, detail=f"{_where(url)} sent no usable Digest header")
-        raise VerifyError(f"more than {MAX_REDIRECTS} redirects")
+        headers = {"Want-Digest": want_digest(self.algorithms)}
+        try:
+            answer = await self.federation.head(url, headers, max_redirects=MAX_REDIRECTS)
+        except DavfedError as exc:
+            raise VerifyError(str(exc)) from None
+        where = _where(answer.url)
+        if answer.status == 400 and answer.hops == 0:
+            # Dynafed: "No plugin can calculate a checksum" (no candochecksum endpoint)
+            return Offer(
+                None,
+                detail="the federation answered 400: no endpoint can compute a checksum",
+            )
+        if not 200 <= answer.status < 300:
+            raise VerifyError(f"{where} answered {answer.status} {answer.reason}")
+        offered = parse_digest(answer.headers.get("Digest", ""))
+        for name in self.algorithms:
+            if name in offered:
+                return Offer(name, offered[name], f"from {where}")
+        return Offer(None, detail=f"{where} sent no usable Digest header")
 
 
 def _where(url: str) -> str:
@@ -271,61 +235,52 @@ def local_checksum(path: Path, algorithm: str) -> str:
 # --- the command ------------------------------------------------------------------------------
 
 
-def _credentials() -> tuple[ssl.SSLContext | None, dict[str, str]]:
-    """TLS context and federation headers from davfed's credential discovery (best effort)."""
+def _credentials() -> Credentials | None:
+    """The credential of davfed's discovery from the environment (best effort)."""
     try:
-        from davfed_fuse.net.credentials import Credentials, discover
-
         creds = Credentials.create(discover(), None)
         creds.refresh()
-        return creds.ssl_context, creds.headers()
+        creds.headers()  # fails now if it is unusable, not at the first request
+        return creds
     except (OSError, ValueError, ssl.SSLError, DavfedError) as exc:
         log.warning("no credentials for verify (%s); asking anonymously", exc)
-        return None, {}
+        return None
 
 
-@contextmanager
-def _federation(factory: Callable[[], Federation]) -> Iterator[Federation]:
-    fed = factory()
-    try:
-        yield fed
-    finally:
-        fed.close()
+def federation_for(base_url: str, timeout: float, credentials: Credentials | None) -> Federation:
+    """A :class:`Federation` for ``base_url`` whose requests each get ``timeout`` seconds."""
+    client = metadata_client(
+        TLSGeneration(credentials), timeout=timeout, connect_timeout=timeout, connections=1
+    )
+    return Federation(
+        base_url,
+        client,
+        federation_headers=credentials.headers if credentials is not None else None,
+        budget=timeout * (MAX_REDIRECTS + 1),
+    )
 
 
-def run(
-    paths: Sequence[str],
-    *,
-    algorithms: Sequence[str] = ALGORITHMS,
-    timeout: float = 30.0,
-    out: TextIO | None = None,
-    federation: Callable[[], Federation] | None = None,
+async def check(
+    targets: Sequence[Target], checksums: Callable[[str], Checksums], out: TextIO
 ) -> int:
-    """Verify ``paths``; print one line per file; return the exit status.
+    """Verify ``targets``; print one line per file; return the exit status.
 
-    Raises:
-        UsageError: no path, or a path that is not a file in a davfed mount.
+    ``checksums(base_url)`` gives the checksum source of a mount's federation.
     """
-    out = out or sys.stdout
-    if not paths:
-        raise UsageError("davfed verify: give at least one file")
-    targets = resolve(paths)
-    if federation is None:
-
-        def federation() -> Federation:
-            context, headers = _credentials()
-            return Federation(algorithms, timeout, context, headers)
-
+    sources: dict[str, Checksums] = {}
     mismatches = errors = 0
-    with _federation(federation) as fed:
+    try:
         for target in targets:
             shown = os.fspath(target.path)
+            source = target.mount.source
+            if source not in sources:
+                sources[source] = checksums(source)
             try:
-                offer = fed.checksum(target.url)
+                offer = await sources[source].checksum(target.url)
                 if offer.algorithm is None:
                     print(f"NO CHECKSUM offered  {shown} ({offer.detail})", file=out, flush=True)
                     continue
-                mine = local_checksum(target.path, offer.algorithm)
+                mine = await trio.to_thread.run_sync(local_checksum, target.path, offer.algorithm)
             except VerifyError as exc:
                 errors += 1
                 print(f"ERROR     {shown}: {exc}", file=out, flush=True)
@@ -340,9 +295,38 @@ def run(
                     file=out,
                     flush=True,
                 )
+    finally:
+        for used in sources.values():
+            await used.federation.aclose()
     if mismatches:
         return Exit.FAILED
     return Exit.ERROR if errors else Exit.OK
+
+
+def run(
+    paths: Sequence[str],
+    *,
+    algorithms: Sequence[str] = ALGORITHMS,
+    timeout: float = 30.0,
+    out: TextIO | None = None,
+    checksums: Callable[[str], Checksums] | None = None,
+) -> int:
+    """Verify ``paths``; print one line per file; return the exit status.
+
+    Raises:
+        UsageError: no path, or a path that is not a file in a davfed mount.
+    """
+    out = out or sys.stdout
+    if not paths:
+        raise UsageError("davfed verify: give at least one file")
+    targets = resolve(paths)
+    if checksums is None:
+        credentials = _credentials()
+
+        def checksums(base_url: str) -> Checksums:
+            return Checksums(federation_for(base_url, timeout, credentials), algorithms)
+
+    return trio.run(check, targets, checksums, out)
 
 
 def main(argv: Sequence[str]) -> int:

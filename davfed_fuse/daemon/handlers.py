@@ -25,7 +25,7 @@ from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
 
 from davfed_fuse.buffers import Buffer
 from davfed_fuse.daemon.namespace import ROOT_INODE, Namespace
-from davfed_fuse.errors import ReadOnly, errno_for
+from davfed_fuse.errors import ReadOnly, UpstreamTimeout, errno_for
 from davfed_fuse.net.webdav import RemoteEntry
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,11 @@ def fuse_errors(
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         budget = getattr(args[0], "request_timeout", math.inf) if args else math.inf
         try:
-            with trio.fail_after(budget):
-                return await handler(*args, **kwargs)
+            try:
+                with trio.fail_after(budget):
+                    return await handler(*args, **kwargs)
+            except trio.TooSlowError:  # a deadline passed: this one's, or one below it
+                raise UpstreamTimeout(f"no answer within {budget:g} s") from None
         except pyfuse3.FUSEError:
             raise
         except Exception as exc:

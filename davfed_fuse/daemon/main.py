@@ -19,23 +19,24 @@ import sqlite3
 import time
 from pathlib import Path
 
-import httpcore
 import httpx
 import pyfuse3
 import trio
 
 from davfed_fuse import __version__
-from davfed_fuse.cache.blockcache import BlockCache, CacheLocked
+from davfed_fuse.cache.blockcache import BlockCache, CacheError, CacheLocked
 from davfed_fuse.config import Config
 from davfed_fuse.daemon.handlers import Attributes, DavfedOperations, Reader
 from davfed_fuse.daemon.namespace import Namespace
 from davfed_fuse.daemon.openfiles import CachedReader, DirectReader, cache_root
 from davfed_fuse.errors import DavfedError, Forbidden, MountError, NotFound
 from davfed_fuse.exitcodes import Exit
-from davfed_fuse.net.credentials import Credentials, CredentialTransport, discover, searched
+from davfed_fuse.net.credentials import Credentials, TLSGeneration, discover, searched
 from davfed_fuse.net.federation import Federation
+from davfed_fuse.net.httpclient import metadata_client
 from davfed_fuse.net.proxies import ProxiesFailed, Proxy, first_working, proxy_order, proxy_spec
-from davfed_fuse.net.transport import Endpoints
+from davfed_fuse.net.replicas import backoff
+from davfed_fuse.net.transport import Transport
 from davfed_fuse.net.webdav import RemoteEntry
 from davfed_fuse.system.mounttable import find_mount
 
@@ -99,7 +100,6 @@ def fuse_options(config: Config) -> set[str]:
 
 async def _stat_root(federation: Federation, config: Config) -> RemoteEntry:
     """PROPFIND the federation root, with a few retries for transient failures."""
-    delay = 0.2
     for attempt in range(config.retries + 1):
         try:
             return await federation.stat("")
@@ -108,13 +108,9 @@ async def _stat_root(federation: Federation, config: Config) -> RemoteEntry:
         except DavfedError as exc:
             if attempt == config.retries:
                 raise
+            delay = backoff(attempt + 1, base=0.2)
             log.info("federation not answering (%s), retrying in %.1f s", exc, delay)
-        except httpx.HTTPError as exc:
-            if attempt == config.retries:
-                raise MountError(f"{type(exc).__name__}: {exc}") from exc
-            log.info("federation not answering (%s), retrying in %.1f s", exc, delay)
-        await trio.sleep(delay)
-        delay *= 2
+            await trio.sleep(delay)
     raise AssertionError("unreachable")
 
 
@@ -170,20 +166,6 @@ async def _announce(config: Config, mountpoint: Path, readiness: Readiness) -> N
     readiness.ready()
 
 
-#: Bytes httpcore asks the socket for per read (its default is 64 KiB). Each
-#: read is a trip through the event loop; 1 MiB reads double the throughput of
-#: one connection (performance-notes.md, "HTTP client").
-SOCKET_READ_BYTES = 1 << 20
-
-
-def _raise_socket_read_size() -> None:
-    connection = getattr(httpcore, "AsyncHTTP11Connection", None)
-    if connection is not None and hasattr(connection, "READ_NUM_BYTES"):
-        connection.READ_NUM_BYTES = max(connection.READ_NUM_BYTES, SOCKET_READ_BYTES)
-    else:  # pragma: no cover - a future httpcore without the knob
-        log.info("httpcore has no READ_NUM_BYTES; keeping its socket read size")
-
-
 def credentials_for(config: Config) -> Credentials:
     """The mount's credential, found and checked (MountError with the reason if unusable)."""
     credential = discover(
@@ -226,22 +208,14 @@ async def choose_proxy(config: Config, credentials: Credentials) -> Proxy:
 def http_client(
     config: Config, credentials: Credentials, connections: int, proxy: Proxy = None
 ) -> httpx.AsyncClient:
-    """A connection pool of at most ``connections`` kept-alive connections per host.
-
-    Its connections present the mount's current X.509 credential: after a
-    renewal, new requests go over new connections (:class:`CredentialTransport`).
-    Requests go through ``proxy`` (None: direct).
-    """
-    _raise_socket_read_size()
-    timeout = httpx.Timeout(config.timeout, connect=config.connect_timeout)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=connections)
-    return httpx.AsyncClient(
-        timeout=timeout,
-        limits=limits,
-        follow_redirects=False,
-        headers={"User-Agent": f"davfed/{__version__}"},
-        verify=credentials.ssl_context,
-        transport=CredentialTransport(credentials, limits=limits, proxy=proxy),
+    """The mount's httpx client for metadata (see :func:`metadata_client`)."""
+    return metadata_client(
+        TLSGeneration(credentials),
+        timeout=config.timeout,
+        connect_timeout=config.connect_timeout,
+        connections=connections,
+        proxy=proxy,
+        user_agent=f"davfed/{__version__}",
     )
 
 
@@ -262,6 +236,8 @@ def open_cache(config: Config, root: Path) -> BlockCache | None:
         raise MountError(f"cache directory {root} is in use by another davfed mount") from None
     except (OSError, sqlite3.Error) as exc:
         raise MountError(f"cannot open the cache in {root}: {exc}") from exc
+    except CacheError as exc:  # e.g. a cache directory others can read, not ours to fix
+        raise MountError(str(exc)) from None
 
 
 async def serve(config: Config, readiness: Readiness) -> None:
@@ -277,26 +253,22 @@ async def serve(config: Config, readiness: Readiness) -> None:
             stack.callback(cache.close)
         credentials = credentials_for(config)
         proxy = await choose_proxy(config, credentials)
-        async with (
-            http_client(config, credentials, config.max_connections + 2, proxy) as client,
-            http_client(config, credentials, config.max_connections, proxy) as background,
-        ):
+        async with http_client(config, credentials, config.max_connections + 2, proxy) as client:
             # A FUSE request may try two replicas, each within the per-operation deadlines.
             budget = 2 * (config.timeout + config.connect_timeout)
-            endpoints = Endpoints(
-                tls=credentials,
+            transport = Transport(
+                tls=TLSGeneration(credentials),
                 timeout=config.timeout,
                 connect_timeout=config.connect_timeout,
                 connections=config.max_connections + 2,
                 proxy=proxy,
                 user_agent=f"davfed/{__version__}",
             )
-            stack.callback(endpoints.close)
+            stack.callback(transport.close)
             federation = Federation(
                 config.url,
                 client,
-                background_client=background,
-                endpoints=endpoints,
+                transport=transport,
                 federation_headers=credentials.headers,
                 budget=budget,
                 retries=config.retries,

@@ -18,7 +18,7 @@ from davfed_fuse.buffers import Buffer
 from davfed_fuse.cache.blockcache import BlockCache, FileIdentity
 from davfed_fuse.daemon.filereader import FileReader, ReadaheadPolicy
 from davfed_fuse.daemon.handlers import Data, Reader
-from davfed_fuse.net.federation import Federation
+from davfed_fuse.net.federation import Federation, Lane
 from davfed_fuse.net.webdav import RemoteEntry, url_for
 
 
@@ -71,7 +71,7 @@ class CachedReader(Reader):
             return await federation.read(entry.path, start, end, entry.size)
 
         async def fetch_ahead(start: int, end: int) -> Buffer:
-            return await federation.read(entry.path, start, end, entry.size, background=True)
+            return await federation.read(entry.path, start, end, entry.size, lane=Lane.BACKGROUND)
 
         policy = ReadaheadPolicy(entry.size, cache.block_size, max_bytes=readahead)
         ident = identity(federation, entry)

@@ -6,9 +6,10 @@ that presents an X.509 proxy or certificate, and the bearer token header.
 Credentials are files renewed behind our back (cron, credmon, htgettoken):
 :class:`Credentials` re-reads a file whenever its mtime or size changes, so a
 renewal takes effect without a remount. A renewed X.509 credential gets a new
-TLS context, and :class:`CredentialTransport` then opens new connections for
-it: a kept-alive connection stays authenticated as whoever made its handshake.
-Must not import: pyfuse3, the namespace, the cache. Never logs a secret.
+TLS context and a new generation (:class:`TLSGeneration`), and the connection
+pools then open new connections for it: a kept-alive connection stays
+authenticated as whoever made its handshake.
+Must not import: pyfuse3, httpx, trio, the namespace, the cache. Never logs a secret.
 
 Discovery order:
 
@@ -29,12 +30,10 @@ import logging
 import os
 import ssl
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-import trio
 from cryptography import x509
 
 from davfed_fuse.errors import Forbidden, MountError
@@ -294,140 +293,36 @@ class Credentials:
         self._warned_expired = False
 
 
-def _has_tls_error(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+class TLSGeneration:
+    """Which credential a kept-alive connection speaks as, for pools to compare.
 
-
-class _ReleasingStream(httpx.AsyncByteStream):
-    """A response body that tells its transport when it is closed."""
-
-    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], Awaitable[None]]):
-        self._inner = inner
-        self._release: Callable[[], Awaitable[None]] | None = release
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            release, self._release = self._release, None
-            if release is not None:
-                await release()
-
-
-class CredentialTransport(httpx.AsyncBaseTransport):
-    """An httpx connection pool that always presents the current X.509 credential.
-
-    TLS authenticates a connection once, in its handshake, and httpx keeps
-    connections alive: after a renewal (another user's proxy, new VOMS
-    attributes, or an expired proxy replaced), old connections would go on
-    speaking as the old credential. So when :attr:`Credentials.generation`
-    changes, requests go to a new pool made with the new TLS context, and the
-    old pool is closed as soon as its last response is closed.
+    TLS authenticates a connection once, in its handshake. A pool notes the
+    :meth:`current` generation when it makes a connection, and reuses the
+    connection only while :meth:`is_current` says that generation is still in
+    force: after a renewal (another proxy, new VOMS attributes, an expired proxy
+    replaced) new requests get new connections. Both connection pools use this:
+    the ranged-GET transport and the httpx client (``net.httpclient``).
     """
 
-    def __init__(
-        self,
-        credentials: Credentials,
-        *,
-        limits: httpx.Limits,
-        proxy: httpx.Proxy | str | None = None,
-    ) -> None:
+    def __init__(self, credentials: Credentials | None = None) -> None:
         self._credentials = credentials
-        self._limits = limits
-        self._proxy = proxy
-        self._generation = credentials.generation
-        self._pool = self._new_pool()
-        self._in_flight: dict[httpx.AsyncHTTPTransport, int] = {self._pool: 0}
-        self.pools_made = 1
+        self._default: ssl.SSLContext | None = None
 
-    def _new_pool(self) -> httpx.AsyncHTTPTransport:
-        return httpx.AsyncHTTPTransport(
-            verify=self._credentials.ssl_context, limits=self._limits, proxy=self._proxy
-        )
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    def current(self) -> tuple[int, ssl.SSLContext]:
+        """The generation and TLS context new connections get (a renewed file reloaded)."""
+        if self._credentials is None:
+            if self._default is None:
+                self._default = ssl.create_default_context()
+            return 0, self._default
         self._credentials.refresh()
-        if self._credentials.generation != self._generation:
-            retired = self._pool
-            self._generation = self._credentials.generation
-            self._pool = self._new_pool()
-            self._in_flight[self._pool] = 0
-            self.pools_made += 1
-            log.debug("new TLS connections for the renewed credential")
-            await self._close_if_idle(retired)
-        pool = self._pool
-        cred = self._credentials.credential
-        if cred is None or cred.kind != "x509":  # nothing to renew in TLS: no bookkeeping
-            try:
-                return await pool.handle_async_request(request)
-            except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
-                await self._diagnose(pool, request, exc)
-                raise
-        self._in_flight[pool] += 1
-        try:
-            response = await pool.handle_async_request(request)
-        except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
-            try:
-                await self._diagnose(pool, request, exc)
-            finally:
-                await self._release(pool)
-            raise
-        except BaseException:
-            await self._release(pool)
-            raise
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _ReleasingStream(response.stream, lambda: self._release(pool))
-        return response
+        return self._credentials.generation, self._credentials.ssl_context
 
-    async def _diagnose(
-        self, pool: httpx.AsyncHTTPTransport, request: httpx.Request, exc: httpx.TransportError
-    ) -> None:
-        """Raise the TLS refusal behind a connection that broke for no stated reason.
+    def is_current(self, generation: int) -> bool:
+        """Whether a connection made with ``generation`` may be reused."""
+        return self._credentials is None or generation == self._credentials.generation
 
-        With TLS 1.3 the server checks the client certificate after the client
-        considers the handshake done, so a refusal ("certificate required",
-        "certificate expired", "unknown CA") can arrive while the request is
-        being written. The write then fails, the TLS stream counts as broken,
-        and the server's alert, which says why, is never read. One request with
-        no body to write (a HEAD) reads it; its error is raised instead.
-        """
-        if request.url.scheme != "https" or _has_tls_error(exc):
-            return
-        agent = request.headers.get("User-Agent", "")
-        probe = httpx.Request(
-            "HEAD", request.url, headers={"User-Agent": agent}, extensions=request.extensions
-        )
-        try:
-            response = await pool.handle_async_request(probe)
-        except httpx.TransportError as found:
-            if _has_tls_error(found):
-                raise  # keeps its own cause: the server's alert
-            return
-        await response.aclose()
-
-    async def _release(self, pool: httpx.AsyncHTTPTransport) -> None:
-        if pool in self._in_flight:  # not yet closed by aclose()
-            self._in_flight[pool] -= 1
-            if pool is not self._pool:
-                await self._close_if_idle(pool)
-
-    async def _close_if_idle(self, pool: httpx.AsyncHTTPTransport) -> None:
-        if self._in_flight.get(pool) == 0:
-            del self._in_flight[pool]
-            with trio.CancelScope(shield=True):
-                await pool.aclose()
-
-    async def aclose(self) -> None:
-        pools, self._in_flight = list(self._in_flight), {}
-        with trio.CancelScope(shield=True):
-            for pool in pools:
-                await pool.aclose()
+    @property
+    def renews(self) -> bool:
+        """Whether connections can go stale: the credential is an X.509 one."""
+        cred = self._credentials.credential if self._credentials is not None else None
+        return cred is not None and cred.kind == "x509"

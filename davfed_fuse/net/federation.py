@@ -1,33 +1,34 @@
 """Talking to a Dynafed federation and to the storage endpoints it redirects to.
 
-Owns: the HTTP requests davfed makes (PROPFIND for metadata, ranged GETs for
-data), following redirects by hand, remembering each file's redirect target
-until shortly before its signed expiry, and turning HTTP outcomes into the
-exceptions of :mod:`davfed_fuse.errors`.
+Owns: the requests davfed makes of a federation: PROPFIND for metadata and HEAD
+(over httpx, :mod:`davfed_fuse.net.httpclient`), ranged GETs for data (all over
+the one ranged-GET transport, :mod:`davfed_fuse.net.transport`), and the read
+loop that survives failing replicas (with the policy of
+:mod:`davfed_fuse.net.replicas`). Everything it raises is an exception of
+:mod:`davfed_fuse.errors`: httpx's are translated at the boundary.
 Must not import: pyfuse3, the namespace or the cache.
 
 Redirect policy (dynafed-protocol.md §3, §4):
 
-* A GET on the federation answers 302 to one replica. davfed follows it itself,
-  up to :data:`MAX_REDIRECTS` hops, only to http/https URLs.
+* A GET on the federation answers 302 to one replica. davfed follows it itself
+  (:func:`davfed_fuse.net.http.follow`), up to :data:`MAX_REDIRECTS` hops, only to
+  http/https URLs.
 * Headers that carry credentials (``Authorization``) are only ever sent to the
-  federation's own host; a redirect target gets none (S3 refuses a pre-signed
+  federation's own origin; a redirect target gets none (S3 refuses a pre-signed
   URL that also carries ``Authorization``).
 * The target of a file is reused for all reads of that file until
-  :func:`~davfed_fuse.net.signedurl.renew_at`, and dropped on any 401/403/404/410/5xx
-  or connection error from it; the federation is then asked again, once.
+  :func:`~davfed_fuse.net.signedurl.renew_at` (or a while, for a URL without an
+  expiry), and dropped on any 401/403/404/410/5xx or connection error from it; the
+  federation is then asked again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import random
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
-from contextlib import aclosing, contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NoReturn, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -36,25 +37,31 @@ import trio
 from davfed_fuse.buffers import Buffer, new_buffer
 from davfed_fuse.errors import (
     BadResponse,
-    IntegrityError,
     NotFound,
     UpstreamError,
     UpstreamTimeout,
 )
-from davfed_fuse.net.signedurl import renew_at
-from davfed_fuse.net.transport import (
-    SMALL_BODY,
-    BodyPlan,
-    Endpoints,
+from davfed_fuse.net.http import (
+    MAX_REDIRECTS,
+    REDIRECTS,
+    Origin,
     Redirect,
     TargetFailed,
-    body_complete,
-    body_failed,
-    connection_error,
-    plan_body,
+    follow,
+    origin,
     redirect_target,
     status_error,
 )
+from davfed_fuse.net.httpclient import map_exceptions
+from davfed_fuse.net.replicas import (
+    MAX_TARGETS,
+    TARGET_TTL,
+    Penalties,
+    Targets,
+    backoff,
+    next_replica,
+)
+from davfed_fuse.net.transport import Lane, Transport, log_transfer
 from davfed_fuse.net.webdav import (
     METALINK_ACCEPT,
     PROPFIND_BODY,
@@ -68,65 +75,64 @@ from davfed_fuse.redaction import redact_url
 
 log = logging.getLogger(__name__)
 
-MAX_REDIRECTS = 5
+__all__ = ["MAX_REDIRECTS", "Answer", "Federation", "Lane"]
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
-    """Where the federation sent us for one file, and until when to believe it."""
+class Answer:
+    """The last answer of a request whose redirects were followed (see :meth:`Federation.head`)."""
 
-    url: str
-    renew_at: float | None  # wall-clock seconds; None: no expiry in the URL
-
-
-def origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port
+    url: str  # the URL that gave it
+    hops: int  # redirects followed to get there
+    status: int
+    reason: str
+    headers: Mapping[str, str]
 
 
 class Federation:
-    """The federation at ``base_url`` seen through one ``httpx.AsyncClient``.
+    """The federation at ``base_url``: metadata through ``client``, data through ``transport``.
 
-    The client must not follow redirects on its own (``follow_redirects=False``,
-    the httpx default); this class does it.
+    ``client`` must not follow redirects on its own (``follow_redirects=False``,
+    the httpx default); this class does it. ``transport`` carries every ranged GET,
+    to the federation and to its endpoints (a plain :class:`Transport` if none).
     """
 
     def __init__(
         self,
         base_url: str,
         client: httpx.AsyncClient,
-        background_client: httpx.AsyncClient | None = None,
         *,
-        endpoints: Endpoints | None = None,
+        transport: Transport | None = None,
         federation_headers: Callable[[], dict[str, str]] | None = None,
         wall_clock: Callable[[], float] = time.time,
         budget: float = 120.0,
         retries: int = 3,
         penalty: float = 30.0,
+        retry_delay: Callable[[int], float] = backoff,
+        target_ttl: float = TARGET_TTL,
+        max_targets: int = MAX_TARGETS,
     ) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.root_path = urlsplit(self.base_url).path
         self._origin = origin(self.base_url)
         self._client = client
-        # Read-ahead gets connections of its own, so that a reader's request finds
-        # an idle, warmed-up connection instead of queueing behind 8 MiB transfers.
-        self._background = background_client or client
-        # Storage endpoints' data: in worker threads straight into the buffer (see
-        # endpoints.py); without, through the httpx clients like everything else.
-        self._endpoints = endpoints
+        self._transport = transport if transport is not None else Transport()
         self._federation_headers = federation_headers or dict
-        self._wall_clock = wall_clock
         #: Seconds one call of :meth:`stat`, :meth:`listdir` or :meth:`read` may take
         #: in all, redirects and the second try included (then UpstreamTimeout).
         self.budget = budget
-        #: Rounds over all replicas after the first, each after a backoff.
+        #: Rounds over all replicas after the first, each after ``retry_delay(round)``.
         self.retries = retries
-        #: Seconds a failed endpoint is passed over while others are left.
-        self.penalty = penalty
-        self._penalties: dict[tuple[str, str, int | None], float] = {}
-        self._targets: dict[str, Target] = {}
+        self._retry_delay = retry_delay
+        self._penalties = Penalties(wall_clock, penalty)
+        self._targets = Targets(wall_clock, ttl=target_ttl, maxsize=max_targets)
         # Files whose redirect is being followed: concurrent reads of one wait for it.
         self._locating: dict[str, trio.Event] = {}
+
+    async def aclose(self) -> None:
+        """Close the httpx client and the transport's idle connections."""
+        self._transport.close()
+        await self._client.aclose()
 
     # -- metadata ---------------------------------------------------------
 
@@ -135,30 +141,30 @@ class Federation:
 
     async def propfind(self, path: str, depth: int, *, is_dir: bool = False) -> list[RemoteEntry]:
         """PROPFIND ``path`` with ``Depth: depth`` (0 or 1)."""
-        url = url_for(self.base_url, path, is_dir=is_dir)
-        headers = {
-            "Depth": str(depth),
-            "Content-Type": 'application/xml; charset="utf-8"',
-            **self._headers_for(url),
-        }
-        for _hop in range(MAX_REDIRECTS + 1):
-            try:
+        what = f"PROPFIND {path or '/'}"
+
+        async def step(url: str, _hop: int) -> httpx.Response:
+            headers = {
+                "Depth": str(depth),
+                "Content-Type": 'application/xml; charset="utf-8"',
+                **self._headers_for(url),
+            }
+            with map_exceptions(what):
                 response = await self._client.request(
                     "PROPFIND", url, headers=headers, content=PROPFIND_BODY
                 )
-            except httpx.TransportError as exc:
-                raise transport_error(exc, f"PROPFIND {path or '/'}") from exc
-            if response.status_code in (301, 302, 303, 307, 308):
-                url = redirect_target(url, response.headers.get("Location"), response.status_code)
-                if origin(url) != self._origin:
+            if response.status_code in REDIRECTS:
+                location = response.headers.get("Location")
+                target = redirect_target(url, location, response.status_code)
+                if origin(target) != self._origin:
                     raise BadResponse(f"PROPFIND {path!r} redirected off the federation")
-                continue
-            break
-        else:
-            raise BadResponse(f"PROPFIND {path!r}: more than {MAX_REDIRECTS} redirects")
+                raise Redirect(target)
+            return response
+
+        response = await follow(url_for(self.base_url, path, is_dir=is_dir), step, what=what)
         if response.status_code == 207:
             return parse_multistatus(response.content, self.root_path)
-        raise status_error(response.status_code, f"PROPFIND {path or '/'}")
+        raise status_error(response.status_code, what)
 
     async def stat(self, path: str) -> RemoteEntry:
         """What the federation says about ``path``; NotFound if it does not exist."""
@@ -175,34 +181,58 @@ class Federation:
             entries = await self.propfind(path, 1, is_dir=True)
         return split_listing(entries, path)
 
+    async def head(
+        self, url: str, headers: Mapping[str, str], *, max_redirects: int = MAX_REDIRECTS
+    ) -> Answer:
+        """HEAD ``url`` with ``headers``, following redirects: the answer at the end of them.
+
+        The federation's own credentials go to its origin only. A replica that
+        refuses HEAD (403 or 405: S3 URLs are signed for GET only) is asked with a
+        GET whose body is not read.
+        """
+        what = f"HEAD {redact_url(url)}"
+
+        async def step(url: str, hop: int) -> Answer:
+            sent = {**headers, **self._headers_for(url)}
+            with map_exceptions(f"HEAD {redact_url(url)}"):
+                response = await self._client.head(url, headers=sent)
+                if hop > 0 and response.status_code in (403, 405):
+                    async with self._client.stream("GET", url, headers=sent) as response:
+                        pass
+            status = response.status_code
+            if status in REDIRECTS:
+                raise Redirect(redirect_target(url, response.headers.get("Location"), status))
+            return Answer(url, hop, status, response.reason_phrase, response.headers)
+
+        with self._deadline(what):
+            return await follow(url, step, what=what, max_redirects=max_redirects)
+
     # -- data ---------------------------------------------------------------
 
     async def read(
-        self, path: str, start: int, end: int, size: int, *, background: bool = False
+        self, path: str, start: int, end: int, size: int, *, lane: Lane = Lane.FOREGROUND
     ) -> Buffer:
         """Bytes ``[start, end)`` of the file ``path`` whose size is ``size``.
 
         Returns exactly ``min(end, size) - start`` bytes (empty at or past EOF),
         or raises; never returns bytes that disagree with the federation's size.
         A file no replica can serve is an :class:`UpstreamError` (EIO), not
-        NotFound: its metadata says it exists.
-        See :meth:`_read` for how replicas are chosen and failures survived.
+        NotFound: its metadata says it exists. ``lane``: whose transfer it is (a
+        reader's, or read-ahead's). See :meth:`_read` for how replicas are chosen
+        and failures survived.
         """
         end = min(end, size)
         if start >= end:
             return b""
         with self._deadline(f"read {path} [{start}, {end})"):
             try:
-                client = self._background if background else self._client
-                return await self._read(path, start, end, size, client)
+                return await self._read(path, start, end, size, lane)
             except NotFound as exc:
                 # The file exists (its metadata says so) but no replica serves it:
                 # Dynafed answers 404 when no endpoint with a replica is online.
                 raise UpstreamError(f"{path}: no replica can serve it now ({exc})") from exc
 
-    async def _read(
-        self, path: str, start: int, end: int, size: int, client: httpx.AsyncClient
-    ) -> Buffer:
+    async def _read(self, path: str, start: int, end: int, size: int, lane: Lane) -> Buffer:
         """Fill ``[start, end)`` from whichever replica can serve it.
 
         1. The file's remembered target, if fresh and its endpoint is not penalised.
@@ -220,7 +250,7 @@ class Federation:
         view = memoryview(buffer)
         pos = start
         replicas: list[str] | None = None  # from the metalink, once a replica failed
-        tried: set[tuple[str, str, int | None]] = set()
+        tried: set[Origin] = set()
         rounds = 0
         moved = 0
         last_error: Exception | None = None
@@ -231,10 +261,10 @@ class Federation:
                     url = self._usable_target(path)
                     if url is not None:
                         try:
-                            pos += await self._get_range(client, url, pos, end, size, into)
+                            pos += await self._get_range(url, pos, end, size, into, lane)
                         except Redirect:
                             # The target moved on: ask the federation again, a few times.
-                            self._targets.pop(path, None)
+                            self._targets.forget(path)
                             moved += 1
                             if moved > MAX_REDIRECTS:
                                 raise BadResponse(f"{path}: its replicas keep moving") from None
@@ -247,28 +277,29 @@ class Federation:
                         if self._usable_target(path) is not None:
                             continue
                     if replicas is None:
-                        got, url = await self._read_following(client, path, pos, end, size, into)
+                        got, url = await self._read_following(path, pos, end, size, into, lane)
                         if got is not None:
                             pos += got
-                            self._remember(path, url)
+                            self._targets.remember(path, url)
                             continue
                         replicas = await self._replicas(path, fallback=url)
-                    url = self._next_replica(replicas, tried)
+                    url = next_replica(replicas, tried, self._penalties)
                     if url is None:
                         rounds += 1
                         if rounds > self.retries:
                             raise last_error or UpstreamError(f"{path}: no replica left")
-                        await trio.sleep(backoff(rounds))
+                        await trio.sleep(self._retry_delay(rounds))
                         tried.clear()
                         replicas = await self._replicas(path, fallback=None)
                         continue
                     tried.add(origin(url))
-                    pos += await self._get_range(client, url, pos, end, size, into)
-                    self._remember(path, url)
+                    pos += await self._get_range(url, pos, end, size, into, lane)
+                    self._targets.remember(path, url)
                 except TargetFailed as failed:
-                    pos += failed.got
-                    self._targets.pop(path, None)
-                    self._penalise(failed.url)
+                    if failed.trusted:  # the good bytes stay: go on from there
+                        pos += failed.got
+                    self._targets.forget(path)
+                    self._penalties.penalise(failed.url)
                     last_error = failed.error
                     tried.add(origin(failed.url))
                     # The next turn asks the federation again (the 302 and, if that
@@ -288,7 +319,7 @@ class Federation:
                     log.info(
                         "%s: the federation offers no replica now (%s); asking again", path, exc
                     )
-                    await trio.sleep(backoff(rounds))
+                    await trio.sleep(self._retry_delay(rounds))
                     replicas = None
                     tried.clear()
         finally:
@@ -296,44 +327,19 @@ class Federation:
         return buffer
 
     def _usable_target(self, path: str) -> str | None:
-        target = self._targets.get(path)
-        if target is None:
+        url = self._targets.get(path)
+        if url is not None and url in self._penalties:
+            self._targets.forget(path)
             return None
-        if target.renew_at is not None and self._wall_clock() >= target.renew_at:
-            del self._targets[path]
-            return None
-        if self._penalised(target.url):
-            del self._targets[path]
-            return None
-        return target.url
-
-    def _remember(self, path: str, url: str) -> None:
-        self._targets[path] = Target(url, renew_at(url, now=self._wall_clock()))
+        return url
 
     def forget_target(self, path: str) -> None:
-        self._targets.pop(path, None)
+        """Ask the federation again at the next read of ``path``."""
+        self._targets.forget(path)
 
-    def _penalise(self, url: str) -> None:
-        self._penalties[origin(url)] = self._wall_clock() + self.penalty
-
-    def _penalised(self, url: str) -> bool:
-        until = self._penalties.get(origin(url))
-        if until is None:
-            return False
-        if self._wall_clock() >= until:
-            del self._penalties[origin(url)]
-            return False
-        return True
-
-    def _next_replica(
-        self, replicas: list[str], tried: set[tuple[str, str, int | None]]
-    ) -> str | None:
-        """The first replica of this round not tried yet, preferring unpenalised ones."""
-        fresh = [url for url in replicas if origin(url) not in tried]
-        for url in fresh:
-            if not self._penalised(url):
-                return url
-        return fresh[0] if fresh else None
+    def remembered_targets(self) -> int:
+        """The number of files whose redirect target is remembered now."""
+        return len(self._targets)
 
     async def _replicas(self, path: str, *, fallback: str | None) -> list[str]:
         """The file's replica URLs from the federation's metalink, in its order.
@@ -344,13 +350,14 @@ class Federation:
         url = url_for(self.base_url, path) + "?metalink"
         headers = {"Accept": METALINK_ACCEPT, **self._headers_for(url)}
         try:
-            response = await self._client.get(url, headers=headers)
+            with map_exceptions(f"metalink of {path}"):
+                response = await self._client.get(url, headers=headers)
             if response.status_code == 200:
                 replicas = parse_metalink(response.content)
                 if replicas:
                     return replicas
             log.info("no metalink for %s (HTTP %d)", path, response.status_code)
-        except (httpx.HTTPError, BadResponse) as exc:
+        except (UpstreamError, UpstreamTimeout, BadResponse) as exc:
             log.info("no metalink for %s: %s", path, exc)
         if fallback is None:
             fallback = await self._locate(path)
@@ -358,16 +365,18 @@ class Federation:
 
     async def _locate(self, path: str) -> str:
         """Where the federation redirects a GET of ``path`` now (without reading data)."""
-        url = url_for(self.base_url, path)
-        for _hop in range(MAX_REDIRECTS + 1):
+
+        async def step(url: str, _hop: int) -> str:
             if origin(url) != self._origin:
                 return url
-            request = self._client.build_request("HEAD", url, headers=self._headers_for(url))
-            response = await self._client.send(request)
-            if response.status_code not in (301, 302, 303, 307, 308):
-                raise status_error(response.status_code, f"HEAD {path}")
-            url = redirect_target(url, response.headers.get("Location"), response.status_code)
-        raise BadResponse(f"HEAD {path!r}: more than {MAX_REDIRECTS} redirects")
+            with map_exceptions(f"HEAD {path}"):
+                response = await self._client.head(url, headers=self._headers_for(url))
+            status = response.status_code
+            if status not in REDIRECTS:
+                raise status_error(status, f"HEAD {path}")
+            raise Redirect(redirect_target(url, response.headers.get("Location"), status))
+
+        return await follow(url_for(self.base_url, path), step, what=f"HEAD {path!r}")
 
     @contextmanager
     def _deadline(self, what: str) -> Iterator[None]:
@@ -378,13 +387,7 @@ class Federation:
             raise UpstreamTimeout(f"{what}: no answer within {self.budget:g} s") from None
 
     async def _read_following(
-        self,
-        client: httpx.AsyncClient,
-        path: str,
-        start: int,
-        end: int,
-        size: int,
-        into: memoryview,
+        self, path: str, start: int, end: int, size: int, into: memoryview, lane: Lane
     ) -> tuple[int | None, str]:
         """Ranged GET on the federation, following its redirects to the data.
 
@@ -393,185 +396,57 @@ class Federation:
         of the file wait (in :meth:`_read`) until the redirect is known, then read
         from the same endpoint at once, in parallel with this one.
         """
-        url = url_for(self.base_url, path)
         located = trio.Event()
         owner = self._locating.setdefault(path, located) is located
+
+        async def step(url: str, _hop: int) -> tuple[int | None, str]:
+            if origin(url) != self._origin:
+                if url in self._penalties:
+                    return None, url
+                if owner and not located.is_set():
+                    self._targets.remember(path, url)
+                    located.set()
+            return await self._get_range(url, start, end, size, into, lane), url
+
         try:
-            for _hop in range(MAX_REDIRECTS + 1):
-                federation = origin(url) == self._origin
-                if not federation:
-                    if self._penalised(url):
-                        return None, url
-                    if owner and not located.is_set():
-                        self._remember(path, url)
-                        located.set()
-                try:
-                    got = await self._get_range(client, url, start, end, size, into, federation)
-                    return got, url
-                except Redirect as redirect:
-                    url = redirect.location
-            raise BadResponse(f"GET {path!r}: more than {MAX_REDIRECTS} redirects")
+            return await follow(url_for(self.base_url, path), step, what=f"GET {path!r}")
         finally:
             if owner:
                 del self._locating[path]
                 located.set()
 
     async def _get_range(
-        self,
-        client: httpx.AsyncClient,
-        url: str,
-        start: int,
-        end: int,
-        size: int,
-        into: memoryview,
-        federation: bool = False,
+        self, url: str, start: int, end: int, size: int, into: memoryview, lane: Lane
     ) -> int:
-        """:meth:`_transfer`, with one log event per transaction with a storage endpoint.
+        """GET ``[start, end)`` of ``url`` into ``into`` through the transport.
 
-        Dynafed never learns whether the client's transfer after its redirect
-        worked; the client does, so it records it (for ELK: ECS field names).
+        Raises :class:`Redirect` for a 3xx. An endpoint's failure is a
+        :class:`TargetFailed` (with the good bytes read before it); the federation's
+        own answer that is no data raises its davfed error. Each transaction with a
+        storage endpoint is one log event (:func:`log_transfer`).
         """
-        if federation:
-            return await self._transfer(client, url, start, end, size, into, federation)
+        if origin(url) == self._origin:
+            headers = self._headers_for(url)
+            try:
+                return await self._transport.get_range(
+                    url, start, end, size, into, lane=lane, headers=headers
+                )
+            except TargetFailed as failed:
+                if failed.in_body:
+                    raise  # the federation served data itself, and its body failed
+                raise failed.error from None
         started = trio.current_time()
         got = 0
         error: str | None = "cancelled"  # unless it ends one of the two ways below
         try:
-            got = await self._transfer(client, url, start, end, size, into, federation)
+            got = await self._transport.get_range(url, start, end, size, into, lane=lane)
             error = None
             return got
+        except Redirect:
+            error = "moved"
+            raise
         except TargetFailed as failed:
             got, error = failed.got, str(failed.error)
             raise
         finally:
-            parts = urlsplit(url)
-            log.info(
-                "GET %s bytes %d-%d: %s",
-                redact_url(url),
-                start,
-                end - 1,
-                "ok" if error is None else error,
-                extra={
-                    "event.action": "read",
-                    "event.outcome": "success" if error is None else "failure",
-                    "event.duration": int((trio.current_time() - started) * 1e9),
-                    "destination.domain": parts.hostname,
-                    "destination.port": parts.port,
-                    "url.path": parts.path,
-                    "http.request.method": "GET",
-                    "http.response.body.bytes": got,
-                    "davfed.range": f"{start}-{end - 1}",
-                },
-            )
-
-    async def _transfer(
-        self,
-        client: httpx.AsyncClient,
-        url: str,
-        start: int,
-        end: int,
-        size: int,
-        into: memoryview,
-        federation: bool,
-    ) -> int:
-        """GET ``[start, end)`` of ``url`` into ``into``; the number of bytes read.
-
-        Raises :class:`Redirect` for a 3xx. Failures of the federation raise
-        their davfed error; failures of an endpoint raise :class:`TargetFailed`
-        (with the bytes read before the failure, which are good).
-        """
-        if not federation and self._endpoints is not None:
-            return await self._endpoints.get_range(
-                url, start, end, size, into, background=client is not self._client
-            )
-        headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
-        if federation:
-            headers.update(self._headers_for(url))
-        request = client.build_request("GET", url, headers=headers)
-        try:
-            response = await client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            _fail(transport_error(exc, f"GET {redact_url(url)}"), url, federation)
-        try:
-            try:
-                plan = plan_body(response.status_code, response.headers.get, url, start, end, size)
-            except Exception as exc:
-                # Read a short body to its end, so that the connection stays open: the
-                # federation's 302 is followed by the next file's 302 on it (a new
-                # connection would cost a round trip more).
-                await _read_small_body(response)
-                if isinstance(exc, Redirect):
-                    raise
-                _fail(exc, url, federation)
-            if plan is None:
-                await _read_small_body(response)
-                return 0
-            return await self._collect(response, url, into[: end - start], plan)
-        finally:
-            await response.aclose()
-
-    async def _collect(
-        self, response: httpx.Response, url: str, into: memoryview, plan: BodyPlan
-    ) -> int:
-        """Read ``len(into)`` bytes of the body into ``into`` after discarding ``plan.skip``
-        bytes.
-
-        ``plan.exact``: the body must hold exactly that many bytes (a 206 answer),
-        and is read to its end; otherwise reading stops once ``into`` is full
-        (a 200 answer carrying the whole file). The body is read raw (davfed
-        asks for ``identity`` encoding): one copy per socket read, no re-chunking.
-        """
-        skip, exact = plan.skip, plan.exact
-        want = len(into)
-        filled = 0
-        try:
-            # httpx types aiter_raw() as an iterator; it is a generator to close.
-            chunks = cast(AsyncGenerator[bytes, None], response.aiter_raw())
-            async with aclosing(chunks):
-                async for chunk in chunks:
-                    if skip:
-                        if len(chunk) <= skip:
-                            skip -= len(chunk)
-                            continue
-                        chunk = chunk[skip:]
-                        skip = 0
-                    take = min(len(chunk), want - filled)
-                    if take < len(chunk) and exact:
-                        message = f"{redact_url(url)}: body longer than {want} bytes"
-                        raise TargetFailed(IntegrityError(message), url, filled)
-                    into[filled : filled + take] = chunk[:take]
-                    filled += take
-                    if filled == want and not exact:
-                        break
-        except httpx.TimeoutException as exc:
-            raise body_failed(url, filled, exc, timed_out=True) from exc
-        except httpx.TransportError as exc:
-            raise body_failed(url, filled, exc, timed_out=False) from exc
-        return body_complete(url, filled, want)
-
-
-def transport_error(exc: httpx.TransportError, what: str) -> Exception:
-    """The davfed error for a failed httpx connection (see :func:`connection_error`)."""
-    return connection_error(exc, what, timed_out=isinstance(exc, httpx.TimeoutException))
-
-
-async def _read_small_body(response: httpx.Response) -> None:
-    """Read the body of an answer that carries no data, if it is short (else leave it:
-    closing the response then closes its connection)."""
-    length = response.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) <= SMALL_BODY:
-        with contextlib.suppress(httpx.HTTPError):
-            await response.aread()
-
-
-def _fail(error: Exception, url: str, federation: bool) -> NoReturn:
-    """Raise ``error`` as is for the federation, or as a failed replica for an endpoint."""
-    if federation:
-        raise error
-    raise TargetFailed(error, url)
-
-
-def backoff(round_number: int, *, base: float = 0.5, cap: float = 8.0) -> float:
-    """Seconds to wait before retry round ``round_number`` (1, 2, ...): exponential, jittered."""
-    delay: float = min(cap, base * 2.0 ** (round_number - 1))
-    return delay * random.uniform(0.5, 1.0)
+            log_transfer(url, start, end, got, error, trio.current_time() - started)

@@ -1,11 +1,13 @@
-"""Ranged GETs from storage endpoints: blocking HTTP/1.1 in worker threads, read
-straight into the caller's buffer.
+"""The one ranged-GET transport: every read of a file's bytes goes through it.
 
-Owns: the kept-alive connections to storage endpoints (idle lists per origin, TLS
-credential generation and pool), the thread limiter of endpoint transfers, and the
-rules deciding whether an answer carries the bytes asked for (:func:`plan_body`,
-which the federation's own httpx path in :mod:`davfed_fuse.net.federation` shares).
-Must not import: pyfuse3, httpx, or davfed modules but ``errors`` and ``signedurl``.
+Owns: the kept-alive HTTP/1.1 connections that carry data (idle lists per origin,
+lane and credential generation), the thread limiter of transfers, and reading a
+body straight into the caller's buffer. Ranged GETs to the federation (its 302,
+or its data if it serves them) and to the storage endpoints it redirects to both
+go through :meth:`Transport.get_range`; the rules deciding what an answer means
+are in :mod:`davfed_fuse.net.http`.
+Must not import: pyfuse3, httpx, or davfed modules but ``errors``, ``redaction``,
+``net.http`` and ``net.credentials``.
 
 Why threads and ``http.client``: a transfer's body is read with
 ``socket.recv_into`` into its destination, in a worker thread that releases the GIL
@@ -14,219 +16,85 @@ same body cost three copies and an event-loop trip per socket read, and capped c
 reads at about 0.37 GB/s on the 2-core development VM with the event loop saturated
 (performance-notes.md: "measure your own read path").
 
-Errors: every failure of an endpoint is a :class:`TargetFailed` carrying the number
-of good bytes that arrived before it (the caller resumes there on another replica);
-a 3xx answer is a :class:`Redirect`. Connections are reused only after a body was
-read to its end; anything else closes them.
+Lanes: a reader's request (:attr:`Lane.FOREGROUND`) and read-ahead
+(:attr:`Lane.BACKGROUND`) keep separate idle connections, so that a reader finds
+a warmed-up connection instead of queueing behind read-ahead's large transfers.
+
+Errors: every failure is a :class:`~davfed_fuse.net.http.TargetFailed` carrying the
+number of good bytes that arrived before it (the caller resumes there on another
+replica); a 3xx answer is a :class:`~davfed_fuse.net.http.Redirect`. Connections
+are reused only after a body was read to its end, and only while the credential
+they were made with is current; anything else closes them.
 """
 
 from __future__ import annotations
 
+import enum
 import http.client
 import logging
-import re
 import select
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import trio
 
-from davfed_fuse.errors import (
-    BadResponse,
-    Forbidden,
-    IntegrityError,
-    NotFound,
-    UpstreamError,
-    UpstreamTimeout,
+from davfed_fuse.errors import BadResponse, UpstreamError
+from davfed_fuse.net.credentials import TLSGeneration
+from davfed_fuse.net.http import (
+    SMALL_BODY,
+    BodyPlan,
+    Redirect,
+    TargetFailed,
+    body_complete,
+    body_failed,
+    body_too_long,
+    connection_error,
+    plan_body,
 )
 from davfed_fuse.redaction import redact_url
 
 log = logging.getLogger(__name__)
 
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 #: Bytes per ``recv_into``: between two, a cancelled transfer notices and stops.
 CHUNK = 1 << 20
-#: A redirect's or error's body up to this size is read, keeping the connection.
-SMALL_BODY = 64 << 10
 
 
-class TargetFailed(Exception):
-    """A replica failed in a way another replica may not: try the next one.
+def log_transfer(url: str, start: int, end: int, got: int, error: str | None, took: float) -> None:
+    """One log event for a transaction with a storage endpoint (ECS field names, for ELK).
 
-    ``got`` bytes of the asked range had arrived intact before the failure.
+    Dynafed never learns whether the client's transfer after its redirect worked;
+    the client does, so it records it. ``error``: None, or what went wrong.
     """
-
-    def __init__(self, error: Exception, url: str, got: int = 0) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.url = url
-        self.got = got
-
-
-class Redirect(Exception):
-    """The server answered 3xx: the data is at ``location`` (absolute, http or https)."""
-
-    def __init__(self, location: str) -> None:
-        super().__init__(location)
-        self.location = location
-
-
-@dataclass(frozen=True, slots=True)
-class BodyPlan:
-    """How to read an answer's body into the range asked for."""
-
-    skip: int  # body bytes before the first byte asked for (a 200 with the whole file)
-    exact: bool  # the body must be exactly the range (a 206); else reading stops when full
+    parts = urlsplit(url)
+    log.info(
+        "GET %s bytes %d-%d: %s",
+        redact_url(url),
+        start,
+        end - 1,
+        "ok" if error is None else error,
+        extra={
+            "event.action": "read",
+            "event.outcome": "success" if error is None else "failure",
+            "event.duration": int(took * 1e9),
+            "destination.domain": parts.hostname,
+            "destination.port": parts.port,
+            "url.path": parts.path,
+            "http.request.method": "GET",
+            "http.response.body.bytes": got,
+            "davfed.range": f"{start}-{end - 1}",
+        },
+    )
 
 
-def parse_content_range(value: str) -> tuple[int, int, int | None]:
-    """``bytes a-b/total`` -> (a, b + 1, total or None). Raises BadResponse."""
-    match = _CONTENT_RANGE.match(value.strip())
-    if not match:
-        raise BadResponse(f"unreadable Content-Range {value!r}")
-    first, last, total = match.groups()
-    return int(first), int(last) + 1, None if total == "*" else int(total)
+class Lane(enum.Enum):
+    """Whose transfer it is: a reader waiting for it, or read-ahead."""
 
-
-def body_failed(url: str, got: int, exc: BaseException, *, timed_out: bool) -> TargetFailed:
-    """The failed replica whose body broke off (or stalled) after ``got`` good bytes."""
-    if timed_out:
-        return TargetFailed(UpstreamTimeout(f"reading {redact_url(url)}: timed out"), url, got)
-    return TargetFailed(UpstreamError(f"reading {redact_url(url)}: {exc!r}"), url, got)
-
-
-def body_complete(url: str, got: int, want: int) -> int:
-    """``got``, if the body brought all ``want`` bytes; else raise its failed replica."""
-    if got < want:
-        message = f"{redact_url(url)}: body ended after {got} of {want} bytes"
-        raise TargetFailed(IntegrityError(message), url, got)
-    return got
-
-
-def redirect_target(url: str, location: str | None, status: int) -> str:
-    """The absolute URL a 3xx answer from ``url`` points at; BadResponse if unusable."""
-    if not location:
-        raise BadResponse(f"{status} from {redact_url(url)} without Location")
-    target = urljoin(url, location)
-    if urlsplit(target).scheme not in ("http", "https"):
-        raise BadResponse(f"redirect from {redact_url(url)} to a non-HTTP URL")
-    return target
-
-
-def status_error(status: int, what: str) -> Exception:
-    """The davfed error for an HTTP status that carries no data."""
-    message = f"{what}: HTTP {status}"
-    if status in (404, 410):
-        return NotFound(message)
-    if status in (401, 403):
-        return Forbidden(message)
-    if status in (408, 504):
-        return UpstreamTimeout(message)
-    return UpstreamError(message)
-
-
-def plan_body(
-    status: int,
-    header: Callable[[str], str | None],
-    url: str,
-    start: int,
-    end: int,
-    size: int,
-) -> BodyPlan | None:
-    """Decide whether an answer to ``Range: bytes=start-(end-1)`` of a file of ``size``
-    bytes carries them, and how to read them. ``header`` looks a response header up.
-
-    Returns None when there is nothing to read (416 for a range at or past EOF).
-    Raises :class:`Redirect` for a 3xx; IntegrityError when the server's idea of the
-    file's size or of the range sent disagrees with the federation's; BadResponse
-    for an encoded body; the error of :func:`status_error` otherwise.
-    """
-    if status in (301, 302, 303, 307, 308):
-        raise Redirect(redirect_target(url, header("Location"), status))
-    if status in (200, 206):
-        encoding = (header("Content-Encoding") or "identity").lower()
-        if encoding != "identity":
-            raise BadResponse(f"{redact_url(url)} sent {encoding}-encoded data")
-    if status == 206:
-        first, stop, total = parse_content_range(header("Content-Range") or "")
-        if total is not None and total != size:
-            raise IntegrityError(f"{redact_url(url)} has {total} bytes, the federation says {size}")
-        if first != start or stop != end:
-            raise IntegrityError(f"{redact_url(url)} sent bytes {first}-{stop} for {start}-{end}")
-        return BodyPlan(skip=0, exact=True)
-    if status == 200:
-        length = header("Content-Length")
-        if length is not None and length.isdigit() and int(length) != size:
-            raise IntegrityError(
-                f"{redact_url(url)} has {length} bytes, the federation says {size}"
-            )
-        return BodyPlan(skip=start, exact=False)
-    if status == 416 and start >= size:
-        return None
-    raise status_error(status, f"GET {redact_url(url)}")
-
-
-#: The TLS alerts by which a server refuses a client's certificate, and what they mean.
-_CLIENT_CERT_ALERTS = (
-    ("CERTIFICATE_REQUIRED", "the server requires a client certificate and none was sent"),
-    ("CERTIFICATE_EXPIRED", "the server rejected the client certificate: it has expired"),
-    ("UNKNOWN_CA", "the server rejected the client certificate: its CA is not trusted there"),
-    ("CERTIFICATE_REVOKED", "the server rejected the client certificate: it is revoked"),
-    ("UNSUPPORTED_CERTIFICATE", "the server rejected the client certificate as unsupported"),
-    ("BAD_CERTIFICATE", "the server rejected the client certificate as bad"),
-    ("CERTIFICATE_UNKNOWN", "the server rejected the client certificate"),
-    ("ACCESS_DENIED", "the server denied access in the TLS handshake"),
-    ("HANDSHAKE_FAILURE", "the server refused the TLS handshake"),
-)
-
-
-def tls_reason(exc: BaseException) -> tuple[str, str | None] | None:
-    """The TLS failure behind ``exc``, if it is one: (reason, what it means, if known).
-
-    The meaning is known for a server's alert refusing our certificate, and for
-    our own failure to verify the server's certificate.
-    """
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            detail = getattr(seen, "verify_message", None) or str(seen)
-            return detail, (
-                f"cannot verify the server's certificate ({detail}); "
-                "is its CA in capath= or X509_CERT_DIR?"
-            )
-        if isinstance(seen, ssl.SSLError) or "ALERT" in str(seen).upper():
-            reason = getattr(seen, "reason", None) or str(seen)  # set by OpenSSL only
-            for alert, meaning in _CLIENT_CERT_ALERTS:
-                if alert in reason.upper():
-                    return reason, meaning
-            return reason, None
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def connection_error(exc: BaseException, what: str, *, timed_out: bool = False) -> Exception:
-    """The davfed error for a failed connection: a refused TLS handshake is EACCES.
-
-    A server that refuses our client certificate (or that we cannot verify)
-    gives :class:`Forbidden` and one log line saying why; another TLS failure
-    is an :class:`UpstreamError`; a timeout is an :class:`UpstreamTimeout`.
-    """
-    if timed_out or isinstance(exc, TimeoutError):
-        return UpstreamTimeout(f"{what}: {type(exc).__name__}")
-    found = tls_reason(exc)
-    if found is None:
-        return UpstreamError(f"{what}: {type(exc).__name__}: {exc}")
-    reason, meaning = found
-    if meaning is None:
-        log.error("%s: the TLS handshake failed: %s", what, reason)
-        return UpstreamError(f"{what}: TLS handshake failed: {reason}")
-    log.error("%s: TLS handshake refused: %s (%s)", what, meaning, reason)
-    return Forbidden(f"{what}: {meaning} ({reason})")
+    FOREGROUND = "foreground"
+    BACKGROUND = "background"
 
 
 def _readable(sock: socket.socket) -> bool:
@@ -236,17 +104,15 @@ def _readable(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
-class TLSSource(Protocol):
-    """The mount's TLS settings, kept current (``net.credentials.Credentials``)."""
+@dataclass(frozen=True, slots=True)
+class _PoolKey:
+    """The connections interchangeable for a request."""
 
-    generation: int
-    ssl_context: ssl.SSLContext
-
-    def refresh(self) -> None: ...
-
-
-#: (scheme, host, port, TLS generation, background pool)
-_PoolKey = tuple[str, str, int, int, bool]
+    scheme: str
+    host: str
+    port: int
+    generation: int  # of the credential a TLS connection was made with (0: plain http)
+    lane: Lane
 
 
 class _Call:
@@ -262,28 +128,41 @@ class _Abandoned(Exception):
     pass
 
 
-class Endpoints:
-    """Ranged GETs to storage endpoints over kept-alive HTTP/1.1 connections.
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What the worker thread needs to send one ranged GET."""
 
-    Two pools (foreground reads and background read-ahead) keep at most
-    ``connections`` idle connections per endpoint each. Connections present the
-    TLS context of ``tls`` and are replaced when its ``generation`` changes (a
-    renewed X.509 proxy). ``proxy`` (``http://host:port``) carries every request:
-    https through a CONNECT tunnel. ``connect_timeout`` bounds connecting (and the
-    TLS handshake), ``timeout`` every wait for data.
+    url: str
+    start: int
+    end: int
+    size: int
+    headers: Mapping[str, str]
+    generation: int
+    context: ssl.SSLContext | None
+    lane: Lane
+
+
+class Transport:
+    """Ranged GETs over kept-alive HTTP/1.1 connections, each lane with its own pool.
+
+    Each lane keeps at most ``connections`` idle connections per origin. TLS
+    connections present the context of ``tls`` and are not reused once its
+    generation changes (a renewed X.509 proxy). ``proxy`` (``http://host:port``)
+    carries every request: https through a CONNECT tunnel. ``connect_timeout``
+    bounds connecting (and the TLS handshake), ``timeout`` every wait for data.
     """
 
     def __init__(
         self,
         *,
-        tls: TLSSource | None = None,
+        tls: TLSGeneration | None = None,
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
         connections: int = 8,
         proxy: str | None = None,
         user_agent: str = "davfed",
     ) -> None:
-        self._tls = tls
+        self._tls = tls or TLSGeneration()
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._connections = connections
@@ -291,9 +170,8 @@ class Endpoints:
         self._user_agent = user_agent
         self._idle: dict[_PoolKey, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
-        # Foreground and background transfers, with room for abandoned ones finishing.
+        # Both lanes' transfers, with room for abandoned ones finishing.
         self._limiter = trio.CapacityLimiter(4 * connections + 8)
-        self._default_context: ssl.SSLContext | None = None
         self.connections_made = 0
 
     async def get_range(
@@ -304,10 +182,12 @@ class Endpoints:
         size: int,
         into: memoryview,
         *,
-        background: bool = False,
+        lane: Lane = Lane.FOREGROUND,
+        headers: Mapping[str, str] | None = None,
     ) -> int:
-        """GET ``[start, end)`` of ``url`` into ``into``; the number of bytes read.
+        """GET ``[start, end)`` of ``url`` (a file of ``size`` bytes) into ``into``.
 
+        Returns the number of bytes read; ``headers`` are sent besides Range.
         Raises :class:`Redirect` for a 3xx and :class:`TargetFailed` for any other
         failure. Cancellation: returns at once; the worker thread stops at its next
         chunk (or its read timeout) and closes its connection; bytes it still writes
@@ -315,18 +195,15 @@ class Endpoints:
         """
         generation, context = 0, None
         if url.startswith("https:"):
-            generation, context = self._tls_now()
+            generation, context = self._tls.current()
+        request = _Request(url, start, end, size, headers or {}, generation, context, lane)
         call = _Call()
         done = False
         try:
             got: int = await trio.to_thread.run_sync(
                 self._get,
-                url,
-                start,
-                end,
-                size,
+                request,
                 into,
-                (generation, context, background),
                 call,
                 abandon_on_cancel=True,
                 limiter=self._limiter,
@@ -345,45 +222,29 @@ class Endpoints:
             for conn in conns:
                 conn.close()
 
-    def _tls_now(self) -> tuple[int, ssl.SSLContext]:
-        if self._tls is None:
-            if self._default_context is None:
-                self._default_context = ssl.create_default_context()
-            return 0, self._default_context
-        self._tls.refresh()
-        return self._tls.generation, self._tls.ssl_context
-
     # -- the worker thread's side ----------------------------------------------
 
-    def _get(
-        self,
-        url: str,
-        start: int,
-        end: int,
-        size: int,
-        into: memoryview,
-        pool: tuple[int, ssl.SSLContext | None, bool],
-        call: _Call,
-    ) -> int:
+    def _get(self, request: _Request, into: memoryview, call: _Call) -> int:
+        url, start, end, size = request.url, request.start, request.end, request.size
         parts = urlsplit(url)
         scheme = parts.scheme
-        host = parts.hostname or ""
         try:
             port = parts.port or (443 if scheme == "https" else 80)
         except ValueError:
             raise TargetFailed(BadResponse(f"unusable URL {redact_url(url)}"), url) from None
-        key: _PoolKey = (scheme, host, port, pool[0], pool[2])
+        key = _PoolKey(scheme, parts.hostname or "", port, request.generation, request.lane)
         if self._proxy is not None and scheme == "http":
             target = url  # absolute form, to the proxy
         else:
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {
+            **request.headers,
             "Range": f"bytes={start}-{end - 1}",
             "Accept-Encoding": "identity",
             "User-Agent": self._user_agent,
         }
         what = f"GET {redact_url(url)}"
-        conn, response = self._send(key, pool[1], target, headers, url, what)
+        conn, response = self._send(key, request.context, target, headers, url, what)
         try:
             plan = plan_body(response.status, response.getheader, url, start, end, size)
         except Redirect:
@@ -438,7 +299,7 @@ class Endpoints:
                 raise TargetFailed(connection_error(exc, what), url) from exc
 
     def _connect(self, key: _PoolKey, context: ssl.SSLContext | None) -> http.client.HTTPConnection:
-        scheme, host, port = key[0], key[1], key[2]
+        scheme, host, port = key.scheme, key.host, key.port
         conn: http.client.HTTPConnection
         proxy = self._proxy
         if proxy is not None:  # connect to the proxy; https goes through a CONNECT tunnel
@@ -458,9 +319,9 @@ class Endpoints:
             self.connections_made += 1
         log.debug(
             "new connection to %s:%d for %s transfers",
-            key[1],
-            key[2],
-            "background" if key[4] else "foreground",
+            key.host,
+            key.port,
+            key.lane.value,
         )
         return conn
 
@@ -495,7 +356,7 @@ class Endpoints:
             conn.close()
             return
         with self._lock:
-            if self._tls is not None and key[0] == "https" and key[3] != self._tls.generation:
+            if key.scheme == "https" and not self._tls.is_current(key.generation):
                 idle = None  # made with a credential since renewed
             else:
                 idle = self._idle.setdefault(key, [])
@@ -533,8 +394,7 @@ class Endpoints:
                     break
                 filled += n
             if plan.exact and filled == want and response.read(1):
-                message = f"{redact_url(url)}: body longer than {want} bytes"
-                raise TargetFailed(IntegrityError(message), url, filled)
+                raise body_too_long(url, want)
         except TimeoutError as exc:
             raise body_failed(url, filled, exc, timed_out=True) from None
         except http.client.IncompleteRead:

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from davfed_fuse.errors import Forbidden, MountError, UpstreamError, UpstreamTimeout
-from davfed_fuse.net.credentials import Credentials, check_private, discover
-from davfed_fuse.net.federation import transport_error
+from davfed_fuse.net.credentials import Credentials, TLSGeneration, check_private, discover
+from davfed_fuse.net.httpclient import CredentialTransport, translate
 
 
 def write_cert(path: Path, *, hours: float) -> dt.datetime:
@@ -191,7 +191,7 @@ def tls_failure(message: str) -> httpx.ReadError:
 def test_a_refused_client_certificate_is_eacces_with_the_reason(
     alert: str, meaning: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    error = transport_error(tls_failure(f"[SSL: {alert}] alert (_ssl.c:2580)"), "GET /f")
+    error = translate(tls_failure(f"[SSL: {alert}] alert (_ssl.c:2580)"), "GET /f")
     assert isinstance(error, Forbidden) and error.errno == errno.EACCES
     assert meaning in str(error) and alert in str(error)
     assert [r.levelname for r in caplog.records] == ["ERROR"]
@@ -200,8 +200,37 @@ def test_a_refused_client_certificate_is_eacces_with_the_reason(
 
 def test_other_transport_failures_are_not_eacces() -> None:
     assert isinstance(
-        transport_error(tls_failure("[SSL: WRONG_VERSION_NUMBER] wrong version"), "GET /f"),
+        translate(tls_failure("[SSL: WRONG_VERSION_NUMBER] wrong version"), "GET /f"),
         UpstreamError,
     )
-    assert isinstance(transport_error(httpx.ReadError("reset"), "GET /f"), UpstreamError)
-    assert isinstance(transport_error(httpx.ReadTimeout("slow"), "GET /f"), UpstreamTimeout)
+    assert isinstance(translate(httpx.ReadError("reset"), "GET /f"), UpstreamError)
+    assert isinstance(translate(httpx.ReadTimeout("slow"), "GET /f"), UpstreamTimeout)
+
+
+async def test_both_connection_pools_follow_one_credential_generation(tmp_path: Path) -> None:
+    """The httpx pool and the ranged-GET transport compare the same generation."""
+    proxy = tmp_path / "x509up"
+    write_cert(proxy, hours=1)
+    creds = Credentials.create(discover(x509_proxy=proxy), None, env={})
+    creds.check()
+    tls = TLSGeneration(creds)
+    generation, context = tls.current()
+    assert tls.renews and tls.is_current(generation) and context is creds.ssl_context
+
+    class Pools(CredentialTransport):
+        """The real pool switching, over an in-process network (no TLS server needed)."""
+
+        def _new_pool(self, context: ssl.SSLContext) -> httpx.AsyncHTTPTransport:
+            assert context is creds.ssl_context, "each pool gets the current context"
+            return httpx.MockTransport(lambda request: httpx.Response(200))  # type: ignore[return-value]
+
+    pools = Pools(tls, limits=httpx.Limits())
+    async with httpx.AsyncClient(transport=pools) as client:
+        await client.get("https://fed.test/")
+        assert pools.pools_made == 1
+        write_cert(proxy, hours=12)
+        os.utime(proxy, ns=(1, 10**18))
+        await client.get("https://fed.test/")  # the renewal is noticed here
+        assert pools.pools_made == 2
+    assert not tls.is_current(generation), "the transport's old connections are not reused"
+    assert tls.current()[0] == generation + 1

@@ -14,6 +14,7 @@ import pytest
 
 from davfed_fuse.cli import verify
 from davfed_fuse.errors import UsageError
+from davfed_fuse.net.federation import Federation
 from davfed_fuse.system.mounttable import MountEntry, parse_mountinfo_line
 
 MD5_HEX = hashlib.md5(b"x").hexdigest()
@@ -81,11 +82,14 @@ def test_resolve_refuses_paths_outside_davfed(tmp_path: Path) -> None:
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def federation(handler: Handler, headers: dict[str, str] | None = None) -> verify.Federation:
-    return verify.Federation(headers=headers, transport=httpx.MockTransport(handler))
+def federation(handler: Handler, headers: dict[str, str] | None = None) -> verify.Checksums:
+    """Checksums asked through davfed's own Federation, its httpx client on a mock network."""
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    fed = Federation("http://fed/", client, federation_headers=lambda: dict(headers or {}))
+    return verify.Checksums(fed)
 
 
-def test_redirect_walk_token_only_to_the_federation() -> None:
+async def test_redirect_walk_token_only_to_the_federation() -> None:
     seen: list[tuple[str, str, str | None, str | None]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -104,8 +108,8 @@ def test_redirect_walk_token_only_to_the_federation() -> None:
         return httpx.Response(200, headers={"Digest": "adler32=0A0B0C0D"}, content=b"body")
 
     fed = federation(handler, headers={"Authorization": "Bearer T"})
-    offer = fed.checksum("http://fed/myfed/f")
-    fed.close()
+    offer = await fed.checksum("http://fed/myfed/f")
+    await fed.federation.aclose()
     assert offer == verify.Offer("adler32", "0a0b0c0d", "from http://disk/ep0/f")
     assert seen == [
         ("HEAD", "http://fed/myfed/f", "Bearer T", "adler32, md5;q=0.5"),
@@ -114,7 +118,7 @@ def test_redirect_walk_token_only_to_the_federation() -> None:
     ]
 
 
-def test_no_plugin_is_no_checksum_and_failures_are_errors() -> None:
+async def test_no_plugin_is_no_checksum_and_failures_are_errors() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if path == "/noplugin":
@@ -136,10 +140,12 @@ def test_no_plugin_is_no_checksum_and_failures_are_errors() -> None:
         raise httpx.ConnectError("refused", request=request)
 
     fed = federation(handler)
-    assert fed.checksum("http://fed/noplugin").algorithm is None
-    assert fed.checksum("http://fed/nodigest").algorithm is None
-    assert fed.checksum("http://fed/sha").algorithm is None
-    assert fed.checksum("http://fed/md5") == verify.Offer("md5", MD5_B64, "from http://fed/md5")
+    assert (await fed.checksum("http://fed/noplugin")).algorithm is None
+    assert (await fed.checksum("http://fed/nodigest")).algorithm is None
+    assert (await fed.checksum("http://fed/sha")).algorithm is None
+    assert await fed.checksum("http://fed/md5") == verify.Offer(
+        "md5", MD5_B64, "from http://fed/md5"
+    )
     for path, message in [
         ("/loop", "redirect loop"),
         ("/ftp", "'ftp' URL"),
@@ -147,8 +153,8 @@ def test_no_plugin_is_no_checksum_and_failures_are_errors() -> None:
         ("/down", "ConnectError"),
     ]:
         with pytest.raises(verify.VerifyError, match=message):
-            fed.checksum("http://fed" + path)
-    fed.close()
+            await fed.checksum("http://fed" + path)
+    await fed.federation.aclose()
 
 
 def test_local_checksum(tmp_path: Path) -> None:

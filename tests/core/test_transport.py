@@ -1,4 +1,4 @@
-"""Ranged GETs in worker threads (endpoints.py) against a real HTTP server on loopback."""
+"""The ranged-GET transport (net/transport.py): worker threads against a loopback server."""
 
 from __future__ import annotations
 
@@ -22,13 +22,8 @@ from davfed_fuse.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from davfed_fuse.net.transport import (
-    BodyPlan,
-    Endpoints,
-    Redirect,
-    TargetFailed,
-    plan_body,
-)
+from davfed_fuse.net.http import BodyPlan, Redirect, TargetFailed, plan_body
+from davfed_fuse.net.transport import Lane, Transport
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
 
@@ -119,24 +114,24 @@ def server() -> Iterator[str]:
 
 
 @pytest.fixture
-def opened() -> Iterator[list[Endpoints]]:
-    """Endpoints made by a test, closed after it (their idle connections)."""
-    made: list[Endpoints] = []
+def opened() -> Iterator[list[Transport]]:
+    """Transports made by a test, closed after it (their idle connections)."""
+    made: list[Transport] = []
     yield made
     for endpoints in made:
         endpoints.close()
 
 
-async def get(endpoints: Endpoints, url: str, start: int, end: int, size: int = len(DATA)) -> bytes:
+async def get(endpoints: Transport, url: str, start: int, end: int, size: int = len(DATA)) -> bytes:
     buffer = new_buffer(end - start)
     got = await endpoints.get_range(url, start, end, size, memoryview(buffer))
     return bytes(buffer[:got])
 
 
 async def test_ranges_arrive_whole_and_connections_are_kept(
-    server: str, opened: list[Endpoints]
+    server: str, opened: list[Transport]
 ) -> None:
-    endpoints = Endpoints(timeout=5)
+    endpoints = Transport(timeout=5)
     opened.append(endpoints)
     assert await get(endpoints, f"{server}/ok/f", 0, 100) == DATA[:100]
     assert await get(endpoints, f"{server}/ok/f", 5000, len(DATA)) == DATA[5000:]
@@ -145,10 +140,25 @@ async def test_ranges_arrive_whole_and_connections_are_kept(
     assert len(Handler.connections) == 1
 
 
+async def test_each_lane_keeps_its_own_connections(server: str, opened: list[Transport]) -> None:
+    """Read-ahead never takes the connection a reader's next request would find idle."""
+    transport = Transport(timeout=5)
+    opened.append(transport)
+    url = f"{server}/ok/f"
+    buffer = new_buffer(100)
+    await transport.get_range(url, 0, 100, len(DATA), memoryview(buffer))
+    await transport.get_range(url, 0, 100, len(DATA), memoryview(buffer), lane=Lane.BACKGROUND)
+    assert transport.connections_made == 2
+    for lane in (Lane.FOREGROUND, Lane.BACKGROUND, Lane.FOREGROUND):
+        got = await transport.get_range(url, 100, 200, len(DATA), memoryview(buffer), lane=lane)
+        assert bytes(buffer[:got]) == DATA[100:200]
+    assert transport.connections_made == 2
+
+
 async def test_a_connection_the_server_closed_is_replaced(
-    server: str, opened: list[Endpoints]
+    server: str, opened: list[Transport]
 ) -> None:
-    endpoints = Endpoints(timeout=5)
+    endpoints = Transport(timeout=5)
     opened.append(endpoints)
     assert await get(endpoints, f"{server}/closing/f", 0, 100) == DATA[:100]
     await trio.sleep(0.05)  # the server has closed it by now
@@ -157,9 +167,9 @@ async def test_a_connection_the_server_closed_is_replaced(
 
 
 async def test_a_200_with_the_whole_file_is_cut_to_the_range(
-    server: str, opened: list[Endpoints]
+    server: str, opened: list[Transport]
 ) -> None:
-    endpoints = Endpoints(timeout=5)
+    endpoints = Transport(timeout=5)
     opened.append(endpoints)
     assert await get(endpoints, f"{server}/whole/f", 3000, 3100) == DATA[3000:3100]
     # The rest of that body was not read: its connection was closed, not reused.
@@ -179,9 +189,9 @@ async def test_a_200_with_the_whole_file_is_cut_to_the_range(
     ],
 )
 async def test_failures_name_the_replica_and_the_good_bytes(
-    server: str, opened: list[Endpoints], mode: str, error: type[Exception]
+    server: str, opened: list[Transport], mode: str, error: type[Exception]
 ) -> None:
-    endpoints = Endpoints(timeout=5)
+    endpoints = Transport(timeout=5)
     opened.append(endpoints)
     with pytest.raises(TargetFailed) as failed:
         await get(endpoints, f"{server}/{mode}/f", 0, 1000)
@@ -191,9 +201,9 @@ async def test_failures_name_the_replica_and_the_good_bytes(
 
 
 async def test_a_redirect_is_reported_with_its_absolute_target(
-    server: str, opened: list[Endpoints]
+    server: str, opened: list[Transport]
 ) -> None:
-    endpoints = Endpoints(timeout=5)
+    endpoints = Transport(timeout=5)
     opened.append(endpoints)
     with pytest.raises(Redirect) as redirect:
         await get(endpoints, f"{server}/redirect/f", 0, 10)
@@ -203,9 +213,9 @@ async def test_a_redirect_is_reported_with_its_absolute_target(
 
 
 async def test_a_stalled_body_times_out_keeping_what_arrived(
-    server: str, opened: list[Endpoints]
+    server: str, opened: list[Transport]
 ) -> None:
-    endpoints = Endpoints(timeout=0.3)
+    endpoints = Transport(timeout=0.3)
     opened.append(endpoints)
     started = time.monotonic()
     buffer = new_buffer(1000)
@@ -217,11 +227,11 @@ async def test_a_stalled_body_times_out_keeping_what_arrived(
     assert time.monotonic() - started < 3
 
 
-async def test_a_refused_connection_is_a_failed_replica(opened: list[Endpoints]) -> None:
+async def test_a_refused_connection_is_a_failed_replica(opened: list[Transport]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nobody listens there once closed
-    endpoints = Endpoints(timeout=1, connect_timeout=1)
+    endpoints = Transport(timeout=1, connect_timeout=1)
     opened.append(endpoints)
     with pytest.raises(TargetFailed) as failed:
         await get(endpoints, f"http://127.0.0.1:{port}/f", 0, 10)
@@ -230,9 +240,9 @@ async def test_a_refused_connection_is_a_failed_replica(opened: list[Endpoints])
 
 @pytest.mark.parametrize("path", [":notaport/f", "/a b"])
 async def test_an_unusable_url_is_a_failed_replica(
-    server: str, opened: list[Endpoints], path: str
+    server: str, opened: list[Transport], path: str
 ) -> None:
-    endpoints = Endpoints(timeout=1, connect_timeout=1)
+    endpoints = Transport(timeout=1, connect_timeout=1)
     opened.append(endpoints)
     url = server.rsplit(":", 1)[0] + path if path.startswith(":") else server + path
     with pytest.raises(TargetFailed) as failed:
@@ -241,8 +251,8 @@ async def test_an_unusable_url_is_a_failed_replica(
     assert endpoints.connections_made == (0 if path.startswith(":") else 1)
 
 
-async def test_cancellation_returns_at_once(server: str, opened: list[Endpoints]) -> None:
-    endpoints = Endpoints(timeout=5)
+async def test_cancellation_returns_at_once(server: str, opened: list[Transport]) -> None:
+    endpoints = Transport(timeout=5)
     opened.append(endpoints)
     started = time.monotonic()
     with trio.move_on_after(0.2) as scope:
