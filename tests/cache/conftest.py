@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from davfed_fuse.cache.blockcache import BlockCache, FileIdentity
-from davfed_fuse.cache.fsck import check_invariants
+from davfed_fuse.cache.invariants import check_invariants
 
 BS = 1000  # small blocks keep the tests fast; nothing depends on a power of two
 

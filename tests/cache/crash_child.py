@@ -23,7 +23,7 @@ CAP = 25 * BS  # smaller than the file: evictions happen too
 
 
 def slow_writer(path: str, data: bytes, direct: bool) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, data[: len(data) // 2])
         print("mid", flush=True)

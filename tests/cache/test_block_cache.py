@@ -20,7 +20,7 @@ import trio.testing
 from davfed_fuse.cache.blockcache import BadFetch, BlockCache, CacheLocked
 from davfed_fuse.cache.blockfiles import write_block_file
 from davfed_fuse.cache.fresh import BUFFERED_FOR
-from davfed_fuse.cache.fsck import check_invariants
+from davfed_fuse.cache.invariants import check_invariants
 from davfed_fuse.cache.model import url_hash
 
 from .conftest import BS, FakeFetcher, MakeCache, ident_for, make_source

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from davfed_fuse.cache.fsck import check_invariants
+from davfed_fuse.cache.invariants import check_invariants
 from davfed_fuse.cache.model import url_hash
 
 from .conftest import BS, FakeFetcher, MakeCache, ident_for, make_source
