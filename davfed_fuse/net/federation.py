@@ -549,6 +549,10 @@ class Federation:
             raise body_failed(url, filled, exc, timed_out=False) from exc
         return body_complete(url, filled, want)
 
+    def remembered_targets(self) -> int:
+        """How many files' redirect targets are remembered (a table size for the operator)."""
+        return len(self._targets)
+
 
 def transport_error(exc: httpx.TransportError, what: str) -> Exception:
     """The davfed error for a failed httpx connection (see :func:`connection_error`)."""

@@ -24,6 +24,10 @@ class FakeFederation:
         }
         self.calls: list[tuple[str, str]] = []
         self.delay = 0.0
+        self.targets_forgotten: list[str] = []
+
+    def forget_target(self, path: str) -> None:
+        self.targets_forgotten.append(path)
 
     async def stat(self, path: str) -> RemoteEntry:
         self.calls.append(("stat", path))
@@ -74,6 +78,42 @@ async def test_lookup_counts_and_forget() -> None:
     assert newer > inode, "a retired inode number is never reused"
     ns.forget(ROOT_INODE, 5)
     assert ns.path(ROOT_INODE) == ""
+
+
+async def test_forgetting_everything_empties_the_inode_table() -> None:
+    fed = FakeFederation()
+    ns = make(fed, Clock())
+    start = ns.tables()
+    assert (start["inodes"], start["paths"], start["lookup_counts"]) == (1, 1, 0)
+    # What readdir does: every entry counted as the kernel counts it, and the one
+    # entry that did not fit in the reply released at once.
+    children = await ns.listdir("d")
+    inodes = [ns.remember(child.path) for child in children]
+    assert ns.remember(children[-1].path) == inodes[-1]
+    assert not ns.forget(inodes[-1], 1), "listed twice, released once: still known"
+    refused = ns.remember("d/c-never-sent")
+    assert ns.forget(refused, 1)
+    looked_up, _ = await ns.lookup("", "d")
+    assert ns.known_inodes() == 4
+    retired = [ns.forget(inode, ns.lookup_count(inode)) for inode in [*inodes, looked_up]]
+    assert retired == [True, True, True]
+    tables = ns.tables()
+    assert (tables["inodes"], tables["paths"], tables["lookup_counts"]) == (1, 1, 0)
+    assert sorted(fed.targets_forgotten) == ["d", "d/a", "d/b", "d/c-never-sent"]
+    assert ns.path(ROOT_INODE) == ""
+
+
+async def test_metadata_tables_count_only_live_entries() -> None:
+    clock = Clock()
+    ns = make(FakeFederation(), clock)
+    await ns.listdir("d")
+    with pytest.raises(NotFound):
+        await ns.stat("nope")
+    tables = ns.tables()
+    assert (tables["attr_cache"], tables["listing_cache"], tables["negative_cache"]) == (3, 1, 1)
+    clock.now += 61
+    tables = ns.tables()
+    assert (tables["attr_cache"], tables["listing_cache"], tables["negative_cache"]) == (0, 0, 0)
 
 
 async def test_a_listing_answers_later_stats() -> None:
