@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from davfed_fuse.daemon.namespace import ROOT_INODE, Namespace
 from davfed_fuse.errors import NotFound, UpstreamError
@@ -23,7 +24,7 @@ class FakeFederation:
             "d/b": entry("d/b", size=2),
         }
         self.calls: list[tuple[str, str]] = []
-        self.delay = 0.0
+        self.gate: trio.Event | None = None  # when set: stats wait for it
         self.targets_forgotten: list[str] = []
 
     def forget_target(self, path: str) -> None:
@@ -31,7 +32,8 @@ class FakeFederation:
 
     async def stat(self, path: str) -> RemoteEntry:
         self.calls.append(("stat", path))
-        await trio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
         if path not in self.tree:
             raise NotFound(path)
         return self.tree[path]
@@ -151,7 +153,7 @@ async def test_attributes_expire() -> None:
 
 async def test_concurrent_stats_share_one_request() -> None:
     fed = FakeFederation()
-    fed.delay = 0.05
+    fed.gate = trio.Event()
     ns = make(fed, Clock())
     results: list[RemoteEntry] = []
 
@@ -161,6 +163,8 @@ async def test_concurrent_stats_share_one_request() -> None:
     async with trio.open_nursery() as nursery:
         for _ in range(10):
             nursery.start_soon(one)
+        await trio.testing.wait_all_tasks_blocked()  # all ten asked before any answer
+        fed.gate.set()
     assert len(results) == 10
     assert fed.calls == [("stat", "d/a")]
 
