@@ -5,26 +5,34 @@ readers, and the one errno boundary: every handler runs inside
 :func:`fuse_errors`, so nothing but ``FUSEError`` ever reaches pyfuse3 (any
 other exception would unmount the filesystem).
 Must not do: HTTP, caching, path arithmetic beyond joining a name to its parent.
+
+Per-file state lives exactly as long as the kernel's interest in it: an open
+file's reader until ``release``, a directory's listing until ``releasedir``, an
+inode's number and what it was last opened as until the kernel ``forget``s it.
+When the kernel has forgotten everything, every table is back to its size at
+mount time; the root's extended attributes report those sizes (:data:`XATTR_TABLES`).
 """
 
 from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import math
 import os
 import stat
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
-from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT
+from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 
 from davfed_fuse.buffers import Buffer
 from davfed_fuse.daemon.namespace import ROOT_INODE, Namespace
+from davfed_fuse.daemon.openfiles import OpenFile, ReaderFactory
 from davfed_fuse.errors import ReadOnly, UpstreamTimeout, errno_for
 from davfed_fuse.net.webdav import RemoteEntry
 
@@ -34,6 +42,14 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 BLOCK_SIZE = 4096
+
+#: The root's extended attributes: the daemon's pid, and the sizes of its tables
+#: (a JSON object of name -> entries) for tests and operators to read from outside.
+XATTR_PID = b"user.davfed.pid"
+XATTR_TABLES = b"user.davfed.tables"
+
+#: Table sizes a handler object gets from the parts it does not own (readers, federation).
+TableSizes = Callable[[], Mapping[str, int]]
 
 
 _EXPECTED = frozenset({errno.ENOENT, errno.EACCES, errno.EROFS})
@@ -71,30 +87,6 @@ def fuse_errors(
     return wrapper
 
 
-#: What a read returns: any contiguous buffer will do for pyfuse3.
-Data = Buffer  # what a read returns: any contiguous buffer (pyfuse3 accepts them all)
-
-
-class Reader:
-    """What ``fuse_ops`` needs from whatever serves a file's bytes."""
-
-    async def read(self, offset: int, size: int) -> Data:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        return None
-
-
-ReaderFactory = Callable[[RemoteEntry], Reader]
-
-
-@dataclass(slots=True)
-class OpenFile:
-    inode: int
-    entry: RemoteEntry
-    reader: Reader
-
-
 @dataclass(frozen=True, slots=True)
 class Attributes:
     """How entries look to the kernel."""
@@ -120,6 +112,7 @@ class DavfedOperations(pyfuse3.Operations):
         open_reader: ReaderFactory,
         *,
         request_timeout: float = math.inf,
+        other_tables: TableSizes = dict,
     ) -> None:
         super().__init__()
         #: Seconds any one request may take in all (see :func:`fuse_errors`).
@@ -127,11 +120,23 @@ class DavfedOperations(pyfuse3.Operations):
         self._ns = namespace
         self._attributes = attributes
         self._open_reader = open_reader
+        self._other_tables = other_tables
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, list[RemoteEntry]] = {}
         self._next_fh = 1
-        # The identity each inode had when last opened, for keep_cache.
+        # The identity each live inode had when last opened, for keep_cache
+        # (dropped when the kernel forgets the inode: its cached pages are gone).
         self._opened_as: dict[int, tuple[int, int, str]] = {}
+
+    def tables(self) -> dict[str, int]:
+        """How many entries each per-inode, per-handle and cache table of the daemon holds."""
+        return {
+            **self._ns.tables(),
+            "open_files": len(self._files),
+            "open_dirs": len(self._dirs),
+            "opened_as": len(self._opened_as),
+            **self._other_tables(),
+        }
 
     # -- attributes -----------------------------------------------------
 
@@ -176,7 +181,9 @@ class DavfedOperations(pyfuse3.Operations):
         parent = self._ns.path(parent_inode)
         decoded = self._name(name)
         if decoded == ".":
-            return self._attrs(parent_inode, await self._ns.stat(parent))
+            # Only NFS export asks this; the kernel counts the reply like any other.
+            entry = await self._ns.stat(parent)
+            return self._attrs(self._ns.remember(parent), entry)
         if decoded == "..":
             raise pyfuse3.FUSEError(errno.ENOENT)  # the kernel resolves '..' itself
         inode, entry = await self._ns.lookup(parent, decoded)
@@ -189,7 +196,8 @@ class DavfedOperations(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
         # No errno can be returned from forget: it must simply not fail.
         for inode, count in inode_list:
-            self._ns.forget(inode, count)
+            if self._ns.forget(inode, count):
+                self._opened_as.pop(inode, None)
 
     @fuse_errors
     async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
@@ -204,14 +212,19 @@ class DavfedOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        # pyfuse3 serves only READDIRPLUS (it turns READDIRPLUS_AUTO off), and the kernel
+        # counts every entry of such a reply as one lookup (fs/fuse/readdir.c,
+        # fuse_direntplus_link; if it cannot link one, it sends a forget for it): so each
+        # entry accepted is remembered like a lookup, and the kernel's forget releases it.
+        # An entry that did not fit never reaches the kernel: it is released at once.
         children = self._dirs[fh]
         for index in range(start_id, len(children)):
             entry = children[index]
-            inode = self._ns.inode(entry.path)
+            inode = self._ns.remember(entry.path)
             name = os.fsencode(entry.name)
             if not pyfuse3.readdir_reply(token, name, self._attrs(inode, entry), index + 1):
+                self._ns.forget(inode, 1)
                 break
-            self._ns.remember(entry.path)
 
     @fuse_errors
     async def releasedir(self, fh: FileHandleT) -> None:
@@ -237,7 +250,7 @@ class DavfedOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=unchanged, direct_io=False)
 
     @fuse_errors
-    async def read(self, fh: FileHandleT, off: int, size: int) -> Data:  # type: ignore[override]
+    async def read(self, fh: FileHandleT, off: int, size: int) -> Buffer:  # type: ignore[override]
         return await self._files[fh].reader.read(off, size)
 
     @fuse_errors
@@ -267,6 +280,23 @@ class DavfedOperations(pyfuse3.Operations):
         data.f_namemax = 255
         return data
 
+    # -- extended attributes: the daemon's own, on the root only ------------
+
+    @fuse_errors
+    async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext) -> bytes:
+        if inode == ROOT_INODE:
+            if name == XATTR_PID:
+                return str(os.getpid()).encode()
+            if name == XATTR_TABLES:
+                return json.dumps(self.tables(), sort_keys=True).encode()
+        raise pyfuse3.FUSEError(errno.ENODATA)
+
+    @fuse_errors
+    async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> Sequence[XAttrNameT]:
+        if inode == ROOT_INODE:
+            return [XATTR_PID, XATTR_TABLES]
+        return []
+
     # -- everything that writes ------------------------------------------------
 
     async def _read_only(self, *args: Any, **kwargs: Any) -> Any:
@@ -276,4 +306,11 @@ class DavfedOperations(pyfuse3.Operations):
     rename = link = create = write = setxattr = removexattr = _read_only
 
 
-__all__ = ["ROOT_INODE", "Attributes", "DavfedOperations", "OpenFile", "Reader", "fuse_errors"]
+__all__ = [
+    "ROOT_INODE",
+    "XATTR_PID",
+    "XATTR_TABLES",
+    "Attributes",
+    "DavfedOperations",
+    "fuse_errors",
+]

@@ -26,9 +26,9 @@ import trio
 from davfed_fuse import __version__
 from davfed_fuse.cache.blockcache import BlockCache, CacheError, CacheLocked
 from davfed_fuse.config import Config
-from davfed_fuse.daemon.handlers import Attributes, DavfedOperations, Reader
+from davfed_fuse.daemon.handlers import Attributes, DavfedOperations
 from davfed_fuse.daemon.namespace import Namespace
-from davfed_fuse.daemon.openfiles import CachedReader, DirectReader, cache_root
+from davfed_fuse.daemon.openfiles import Readers, cache_root
 from davfed_fuse.errors import DavfedError, Forbidden, MountError, NotFound
 from davfed_fuse.exitcodes import Exit
 from davfed_fuse.net.credentials import Credentials, TLSGeneration, discover, searched
@@ -298,17 +298,17 @@ async def serve(config: Config, readiness: Readiness) -> None:
             )
             limiter = trio.CapacityLimiter(config.max_connections)
             async with trio.open_nursery() as nursery:  # owns the read-ahead tasks
-
-                def open_reader(entry: RemoteEntry) -> Reader:
-                    if cache is None:
-                        return DirectReader(federation, entry)
-                    return CachedReader(
-                        federation, entry, cache, nursery, limiter, config.readahead
-                    )
-
+                readers = Readers(federation, cache, nursery, limiter, config.readahead)
                 # A request may wait for another reader's fetch, then fetch itself.
                 operations = DavfedOperations(
-                    namespace, attributes, open_reader, request_timeout=2 * budget
+                    namespace,
+                    attributes,
+                    readers,
+                    request_timeout=2 * budget,
+                    other_tables=lambda: {
+                        "readers": readers.alive(),
+                        "remembered_targets": federation.remembered_targets(),
+                    },
                 )
                 try:
                     pyfuse3.init(operations, str(mountpoint), fuse_options(config))

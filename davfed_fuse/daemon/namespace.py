@@ -10,7 +10,11 @@ reference. These handlers add to a path's lookup count, one per reply:
 ``lookup`` (through :meth:`Namespace.lookup`) and each entry that
 ``readdir_reply`` accepted (through :meth:`Namespace.remember`).
 ``forget`` subtracts; at zero the number is retired and never reused, so a
-number always means one path.
+number always means one path. A number exists only with a count: every inode
+but the root is in the table because the kernel holds it, so when the kernel
+has forgotten everything the table holds the root alone. Retiring a path also
+drops what the federation remembers for it (its redirect target): a file the
+kernel still knows keeps its target across closes and opens.
 
 Metadata. A stat (PROPFIND Depth 0) result is kept ``attr_timeout`` seconds,
 a listing (Depth 1) ``dir_timeout`` seconds, and also fills the attribute
@@ -88,41 +92,54 @@ class Namespace:
         except KeyError:
             raise NotFound(f"inode {inode} is not known") from None
 
-    def inode(self, path: str) -> int:
-        """The inode of ``path``, allocating one without counting a lookup."""
+    def remember(self, path: str) -> int:
+        """Count one kernel reference to ``path`` and return its inode (new if it had none)."""
         inode = self._inode_of.get(path)
         if inode is None:
             inode = self._next_inode
             self._next_inode += 1
             self._inode_of[path] = inode
             self._path_of[inode] = path
-        return inode
-
-    def remember(self, path: str) -> int:
-        """Count one kernel reference to ``path`` and return its inode."""
-        inode = self.inode(path)
         if inode != ROOT_INODE:
             self._lookups[inode] = self._lookups.get(inode, 0) + 1
         return inode
 
-    def forget(self, inode: int, count: int) -> None:
-        """The kernel dropped ``count`` references to ``inode``."""
+    def forget(self, inode: int, count: int) -> bool:
+        """The kernel dropped ``count`` references to ``inode``; True if that retired it."""
         if inode == ROOT_INODE:
-            return
+            return False
         left = self._lookups.get(inode, 0) - count
         if left > 0:
             self._lookups[inode] = left
-            return
+            return False
         self._lookups.pop(inode, None)
         path = self._path_of.pop(inode, None)
-        if path is not None and self._inode_of.get(path) == inode:
+        if path is None:
+            return False
+        if self._inode_of.get(path) == inode:
             del self._inode_of[path]
+        self._federation.forget_target(path)
+        return True
 
     def lookup_count(self, inode: int) -> int:
         return self._lookups.get(inode, 0)
 
     def known_inodes(self) -> int:
         return len(self._path_of)
+
+    def tables(self) -> dict[str, int]:
+        """Entries in each table (expired cache entries dropped first, so all are live)."""
+        for cache in (self._attrs, self._listings, self._missing):
+            cache.expire()
+        return {
+            "inodes": len(self._path_of),
+            "paths": len(self._inode_of),
+            "lookup_counts": len(self._lookups),
+            "attr_cache": len(self._attrs),
+            "listing_cache": len(self._listings),
+            "negative_cache": len(self._missing),
+            "metadata_requests": len(self._stat_flight) + len(self._list_flight),
+        }
 
     # -- metadata -------------------------------------------------------
 

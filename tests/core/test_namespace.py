@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from davfed_fuse.daemon.namespace import ROOT_INODE, Namespace
 from davfed_fuse.errors import NotFound, UpstreamError
@@ -23,11 +24,16 @@ class FakeFederation:
             "d/b": entry("d/b", size=2),
         }
         self.calls: list[tuple[str, str]] = []
-        self.delay = 0.0
+        self.gate: trio.Event | None = None  # when set: stats wait for it
+        self.targets_forgotten: list[str] = []
+
+    def forget_target(self, path: str) -> None:
+        self.targets_forgotten.append(path)
 
     async def stat(self, path: str) -> RemoteEntry:
         self.calls.append(("stat", path))
-        await trio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
         if path not in self.tree:
             raise NotFound(path)
         return self.tree[path]
@@ -76,6 +82,42 @@ async def test_lookup_counts_and_forget() -> None:
     assert ns.path(ROOT_INODE) == ""
 
 
+async def test_forgetting_everything_empties_the_inode_table() -> None:
+    fed = FakeFederation()
+    ns = make(fed, Clock())
+    start = ns.tables()
+    assert (start["inodes"], start["paths"], start["lookup_counts"]) == (1, 1, 0)
+    # What readdir does: every entry counted as the kernel counts it, and the one
+    # entry that did not fit in the reply released at once.
+    children = await ns.listdir("d")
+    inodes = [ns.remember(child.path) for child in children]
+    assert ns.remember(children[-1].path) == inodes[-1]
+    assert not ns.forget(inodes[-1], 1), "listed twice, released once: still known"
+    refused = ns.remember("d/c-never-sent")
+    assert ns.forget(refused, 1)
+    looked_up, _ = await ns.lookup("", "d")
+    assert ns.known_inodes() == 4
+    retired = [ns.forget(inode, ns.lookup_count(inode)) for inode in [*inodes, looked_up]]
+    assert retired == [True, True, True]
+    tables = ns.tables()
+    assert (tables["inodes"], tables["paths"], tables["lookup_counts"]) == (1, 1, 0)
+    assert sorted(fed.targets_forgotten) == ["d", "d/a", "d/b", "d/c-never-sent"]
+    assert ns.path(ROOT_INODE) == ""
+
+
+async def test_metadata_tables_count_only_live_entries() -> None:
+    clock = Clock()
+    ns = make(FakeFederation(), clock)
+    await ns.listdir("d")
+    with pytest.raises(NotFound):
+        await ns.stat("nope")
+    tables = ns.tables()
+    assert (tables["attr_cache"], tables["listing_cache"], tables["negative_cache"]) == (3, 1, 1)
+    clock.now += 61
+    tables = ns.tables()
+    assert (tables["attr_cache"], tables["listing_cache"], tables["negative_cache"]) == (0, 0, 0)
+
+
 async def test_a_listing_answers_later_stats() -> None:
     fed = FakeFederation()
     ns = make(fed, Clock())
@@ -111,7 +153,7 @@ async def test_attributes_expire() -> None:
 
 async def test_concurrent_stats_share_one_request() -> None:
     fed = FakeFederation()
-    fed.delay = 0.05
+    fed.gate = trio.Event()
     ns = make(fed, Clock())
     results: list[RemoteEntry] = []
 
@@ -121,6 +163,8 @@ async def test_concurrent_stats_share_one_request() -> None:
     async with trio.open_nursery() as nursery:
         for _ in range(10):
             nursery.start_soon(one)
+        await trio.testing.wait_all_tasks_blocked()  # all ten asked before any answer
+        fed.gate.set()
     assert len(results) == 10
     assert fed.calls == [("stat", "d/a")]
 
