@@ -27,9 +27,11 @@ def install(tmp_path: Path) -> Path:
     """install-helper into a private prefix; the directory holding sbin/ man/ units/."""
     root = tmp_path / "root"
     subprocess.run(
-        [sys.executable, "-m", "davfed_fuse", "install-helper"]
-        + ["--prefix", str(root / "sbin"), "--man-dir", str(root / "man")]
-        + ["--unit-dir", str(root / "units")],
+        [
+            *(sys.executable, "-m", "davfed_fuse", "install-helper"),
+            *("--prefix", str(root / "sbin"), "--man-dir", str(root / "man")),
+            *("--unit-dir", str(root / "units")),
+        ],
         check=True,
         capture_output=True,
     )
