@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from davfed_testfed import TestFederation
+from tests.deploy.conftest import run
 from tests.mounting import requires_fuse
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,58 +27,10 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow]
 
 
-def clean_copy(dest: Path) -> Path:
-    """The files git knows (committed or not), as a fresh clone would have them."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, listed):
-        source = REPO / os.fsdecode(name)
-        if source.is_file():
-            target = dest / os.fsdecode(name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    return dest
-
-
-def run(
-    *argv: str | Path, cwd: Path, check: bool = True, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    """A command with nothing of the checkout around: empty PYTHONPATH, cwd elsewhere."""
-    env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONPATH": "", "LANG": "C.UTF-8"}
-    for key in ("PIP_FIND_LINKS", "PIP_CONFIG_FILE", "PIP_CERT", "PIP_DEFAULT_TIMEOUT"):
-        if key in os.environ:
-            env[key] = os.environ[key]
-    result = subprocess.run(
-        [str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    if check:
-        assert result.returncode == 0, f"{argv}: {result.stdout}{result.stderr}"
-    return result
-
-
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A wheel from a clean copy, installed into a fresh venv ROOT/opt/davfed."""
+def installed(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Iterator[Path]:
+    """The wheel installed into a fresh venv ROOT/opt/davfed."""
     root = tmp_path_factory.mktemp("vm")
-    source = clean_copy(root / "src")
-    run(
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "-q",
-        "--no-deps",
-        "-w",
-        root / "dist",
-        source,
-        cwd=root,
-    )
-    [wheel] = (root / "dist").glob("davfed-*.whl")
-    shutil.rmtree(source)
     base_python = getattr(sys, "_base_executable", sys.executable)
     run(base_python, "-m", "venv", root / "opt" / "davfed", cwd=root)
     run(root / "opt/davfed/bin/pip", "install", "-q", wheel, cwd=root)
@@ -162,7 +113,7 @@ def test_mount_t_davfed_from_the_wheel_reads_the_federation(
 
 
 def test_uninstall_leaves_nothing_and_a_stale_helper_explains_itself(
-    installed: Path, tmp_path: Path
+    installed: Path, tmp_path: Path, wheel: Path
 ) -> None:
     davfed = installed / "opt/davfed/bin/davfed"
     args = [
@@ -200,5 +151,4 @@ def test_uninstall_leaves_nothing_and_a_stale_helper_explains_itself(
             listed = sorted(Path(p) for p in line.split("rm -f ", 1)[1].split())
             assert listed == installed_files
     finally:
-        [wheel] = (installed / "dist").glob("davfed-*.whl")
         run(installed / "opt/davfed/bin/pip", "install", "-q", "--no-deps", wheel, cwd=tmp_path)

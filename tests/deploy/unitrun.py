@@ -69,12 +69,13 @@ class UnitRun:
     mountpoint: Path
     env_dir: Path  # stands for /etc/davfed
     cache_root: Path  # stands for /var/cache
+    instance: str = ""  # default: the escaped mountpoint
     notify: socket.socket = field(init=False)
     main: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
         self.unit = parse_unit(self.unit_file.read_text())
-        self.instance = instance_name(self.mountpoint)
+        self.instance = self.instance or instance_name(self.mountpoint)
         self.socket_path = self.cache_root / "notify.sock"
         self.journal = self.cache_root / "journal.log"  # the daemon's stdout and stderr
         self.cache_root.mkdir(parents=True, exist_ok=True)
