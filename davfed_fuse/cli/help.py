@@ -52,7 +52,7 @@ def default_of(rule: Rule) -> str:
     fields = {f.name: f for f in dataclasses.fields(Config)}
     if rule.kind is Kind.FLAG:
         on = all(fields[name].default == value for name, value in rule.sets.items())
-        return "default" if on else ""
+        return "on" if on and "(default)" not in rule.help else ""
     if rule.kind is not Kind.VALUE or rule.field is None:
         return ""
     if rule.field in _DEFAULT_WORDS:

@@ -11,6 +11,7 @@ Must not import: pyfuse3, trio, httpx.
 from __future__ import annotations
 
 import shutil
+import textwrap
 from pathlib import Path
 
 UNIT_NAME = "davfed@.service"
@@ -48,7 +49,9 @@ def unit_text(python: str, *, fusermount: str | None = None, mkdir: str | None =
     """``davfed@.service`` running ``python -I -m davfed_fuse``; paths absolute."""
     fusermount = fusermount or tool("fusermount3")
     mkdir = mkdir or tool("mkdir")
-    not_used = " ".join(NAMESPACE_SETTINGS)
+    not_used = "\n".join(
+        textwrap.wrap(" ".join(NAMESPACE_SETTINGS), 78, initial_indent="# ", subsequent_indent="# ")
+    )
     exec_start = (
         f"{python} -I -m davfed_fuse mount -f"
         " -o cache_dir=${CACHE_DIRECTORY} -o ${DAVFED_OPTIONS} ${DAVFED_URL} %f"
@@ -71,7 +74,8 @@ def unit_text(python: str, *, fusermount: str | None = None, mkdir: str | None =
 # A usage error (exit 1) is not retried.
 #
 # Hardening not used, because each gives the service a private mount namespace
-# and the FUSE mount would be invisible outside it: {not_used}
+# and the FUSE mount would be invisible outside it:
+{not_used}
 # Nor PrivateNetwork= (the federation is remote) or User= (a non-root mount needs
 # fusermount3's setuid bit, which NoNewPrivileges= disables).
 
