@@ -48,7 +48,7 @@ usage: mount.davfed URL MOUNTPOINT [-s] [-f] [-n] [-v] [-o OPTIONS]... [-t davfe
 The mount(8) helper of davfed: mounts the Dynafed federation at URL read-only
 on MOUNTPOINT and returns once the mount is live.
 
-  -o OPTIONS  comma-separated mount options (repeatable; see docs/options.md)
+  -o OPTIONS  comma-separated mount options (repeatable; davfed help options)
   -s          sloppy: unknown options only warn
   -f          fake: check everything and print the daemon command, mount nothing
   -n          ignored (no /etc/mtab to write)

@@ -20,33 +20,11 @@ from collections.abc import Callable, Sequence
 
 from davfed_fuse.cli.guard import guard
 from davfed_fuse.cli.mount import helper_main
+from davfed_fuse.cli.usage import USAGE
 from davfed_fuse.exitcodes import Exit
 
 __all__ = ["USAGE", "helper_main", "main"]
 
-USAGE = """\
-usage: davfed COMMAND [ARGS...]
-
-commands:
-  mount [-f] [-d] [-s] [-v] [-o OPTS]... URL MOUNTPOINT
-                                 mount a federation read-only (returns once live;
-                                 -f serves it in the foreground)
-  umount [-l] MOUNTPOINT         unmount it
-  prefetch PATH... [-r DIR]... [--jobs N] [--quiet] [--json]
-                                 warm the cache: read files through a davfed mount
-  cache stats|clean [--cache-dir DIR] [--json]
-                                 the block cache's size and hit rate; empty it
-  verify [--algorithm adler32|md5] PATH...
-                                 compare files read through davfed with the
-                                 federation's checksum (Want-Digest)
-  testfed DATA_DIR --port PORT [...]
-                                 serve DATA_DIR as a test federation
-  install-helper [--prefix /sbin] [--uninstall]
-                                 install /sbin/mount.davfed for mount(8) and fstab
-
-  davfed COMMAND --help for a command's options; davfed --version
-  mount options: docs/options.md
-"""
 
 COMMANDS = ("mount", "umount", "install-helper", "prefetch", "cache", "verify", "testfed")
 
@@ -89,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and os.path.basename(sys.argv[0]).startswith("mount."):
         return helper_main(sys.argv)
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["help"] and len(args) > 1:
+        from davfed_fuse.cli import help
+
+        return help.main(args[1:])
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="", file=sys.stdout if args else sys.stderr)
         return Exit.OK if args else Exit.USAGE

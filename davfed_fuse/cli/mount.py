@@ -43,7 +43,8 @@ def parser() -> UsageParser:
         prog="davfed mount",
         description="Mount the Dynafed federation at URL read-only on MOUNTPOINT. Without "
         "-f, davfed starts itself in the background and returns once the mount is live.",
-        epilog="Options: docs/options.md. Exit status: 0 mounted, 1 usage error, 32 mount failure.",
+        epilog="Options: davfed help options. Exit status: 0 mounted, 1 usage error, "
+        "32 mount failure.",
     )
     parser.add_argument("url", metavar="URL", help="the federation, http:// or https://")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")

@@ -60,24 +60,35 @@ class Readiness:
         finally:
             os.close(fd)
 
-    def ready(self) -> None:
+    def ready(self, status: str) -> None:
         self._send("READY")
-        sd_notify("READY=1")
+        sd_notify("READY=1", f"STATUS={status}")
 
     def failed(self, message: str) -> None:
         self._send("ERROR " + " ".join(message.split()))
+        sd_notify(f"STATUS=mount failed: {message}")
 
 
-def sd_notify(state: str) -> None:
-    """Tell systemd about ``state`` when run as a ``Type=notify`` service."""
+def sd_notify(*assignments: str) -> None:
+    """Send ``assignments`` (``READY=1``, ``STATUS=...``) to systemd as one datagram.
+
+    sd_notify(3)'s protocol: newline-separated ``KEY=VALUE`` in one datagram to the
+    ``AF_UNIX``/``SOCK_DGRAM`` socket named by ``$NOTIFY_SOCKET``: an absolute path,
+    or an abstract name when it starts with ``@``. Nothing to do when it is unset
+    (not a ``Type=notify`` service); a send that fails is logged, never fatal.
+    """
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+    elif not address.startswith("/"):
+        log.warning("cannot notify systemd: NOTIFY_SOCKET=%r is not a unix socket", address)
+        return
+    message = "\n".join(" ".join(a.split()) for a in assignments).encode(errors="replace")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         try:
-            sock.sendto(state.encode(), address)
+            sock.sendto(message, address)
         except OSError as exc:
             log.warning("cannot notify systemd: %s", exc)
 
@@ -163,7 +174,7 @@ async def _announce(config: Config, mountpoint: Path, readiness: Readiness) -> N
         await trio.to_thread.run_sync(os.stat, mountpoint)
     raise_kernel_readahead(mountpoint)
     log.info("mounted %s on %s", config.url, mountpoint)
-    readiness.ready()
+    readiness.ready(f"mounted {config.url} on {mountpoint}")
 
 
 def credentials_for(config: Config) -> Credentials:
@@ -319,6 +330,7 @@ async def serve(config: Config, readiness: Readiness) -> None:
                     nursery.start_soon(_announce, config, mountpoint, readiness)
                     await pyfuse3.main()
                 finally:
+                    sd_notify("STOPPING=1", f"STATUS=unmounting {mountpoint}")
                     nursery.cancel_scope.cancel()
                     pyfuse3.close(unmount=True)
                     log.info("unmounted %s", mountpoint)

@@ -364,18 +364,26 @@ def test_umount_refuses_other_filesystems() -> None:
 # --- install-helper ----------------------------------------------------------------------
 
 
+def install_args(tmp_path: Path) -> list[str]:
+    return [
+        "install-helper",
+        *("--prefix", str(tmp_path / "sbin")),
+        *("--man-dir", str(tmp_path / "man")),
+        *("--unit-dir", str(tmp_path / "units")),
+    ]
+
+
 def test_install_helper_is_idempotent_and_uninstalls(tmp_path: Path, mountpoint: Path) -> None:
-    prefix, script = tmp_path / "sbin", tmp_path / "lib" / "mount.davfed"
+    prefix = tmp_path / "sbin"
     prefix.mkdir()
-    args = ["install-helper", "--prefix", str(prefix), "--script", str(script)]
+    args = install_args(tmp_path)
     first = davfed(*args)
     assert first.returncode == 0, first.stderr
-    for name in ("mount.davfed", "mount.fuse.davfed"):
-        assert os.readlink(prefix / name) == str(script)
-    assert os.access(script, os.X_OK)
+    assert os.readlink(prefix / "mount.fuse.davfed") == "mount.davfed"
+    assert os.access(prefix / "mount.davfed", os.X_OK)
     second = davfed(*args)
     assert second.returncode == 0
-    assert second.stdout.count("already installed") == 2
+    assert second.stdout.count("already installed") == 4
 
     # mount(8) would run the link: helper mode from argv[0].
     dry = run(prefix / "mount.fuse.davfed", URL, mountpoint, "-f", "-o", "allow_other")
@@ -385,17 +393,16 @@ def test_install_helper_is_idempotent_and_uninstalls(tmp_path: Path, mountpoint:
 
     removed = davfed(*args, "--uninstall")
     assert removed.returncode == 0
-    assert not any(p.is_symlink() for p in prefix.iterdir())
-    assert not script.exists()
+    assert [p for p in tmp_path.rglob("*") if not p.is_dir()] == []
 
 
 def test_install_helper_will_not_overwrite_a_real_file(tmp_path: Path) -> None:
-    (tmp_path / "mount.davfed").write_text("#!/bin/sh\n")
-    result = davfed(
-        "install-helper", "--prefix", tmp_path, "--script", tmp_path / "lib" / "launcher"
-    )
+    (tmp_path / "sbin").mkdir()
+    (tmp_path / "sbin" / "mount.davfed").write_text("#!/bin/sh\n")
+    result = davfed(*install_args(tmp_path))
     assert result.returncode == 32
-    assert "is not a symlink" in one_line(result.stderr)
+    assert "was not written by davfed" in one_line(result.stderr)
+    assert (tmp_path / "sbin" / "mount.davfed").read_text() == "#!/bin/sh\n"
 
 
 # --- real FUSE mounts by the fake daemon -------------------------------------------------
@@ -465,9 +472,9 @@ def test_real_mount_helper_via_mount8(
 ) -> None:
     """`mount -t davfed` through a helper installed in a private prefix is not possible
     (mount(8) only looks in /sbin), so run the installed link the way mount(8) does."""
-    prefix, script = tmp_path / "sbin", tmp_path / "lib" / "mount.davfed"
+    prefix = tmp_path / "sbin"
     prefix.mkdir()
-    davfed("install-helper", "--prefix", prefix, "--script", script)
+    davfed(*install_args(tmp_path))
     result = run(prefix / "mount.davfed", URL, mountpoint, "-n", "-o", "rw,_netdev", env=fuse_env)
     assert result.returncode == 0, result.stderr
     assert [e.source for e in davfed_mounts(mountpoint)] == [URL]
