@@ -32,6 +32,8 @@ commands:
                                  mount a federation read-only (returns once live;
                                  -f serves it in the foreground)
   umount [-l] MOUNTPOINT         unmount it
+  config show [-o OPTS]... MOUNTPOINT|URL
+                                 the options a mount uses and where each came from
   prefetch PATH... [-r DIR]... [--jobs N] [--quiet] [--json]
                                  warm the cache: read files through a davfed mount
   cache stats|clean [--cache-dir DIR] [--json]
@@ -48,7 +50,7 @@ commands:
   mount options: docs/options.md
 """
 
-COMMANDS = ("mount", "umount", "install-helper", "prefetch", "cache", "verify", "testfed")
+COMMANDS = ("mount", "umount", "config", "install-helper", "prefetch", "cache", "verify", "testfed")
 
 
 def command(name: str) -> Callable[[Sequence[str]], int]:
@@ -62,6 +64,10 @@ def command(name: str) -> Callable[[Sequence[str]], int]:
         from davfed_fuse.cli import umount
 
         return umount.main
+    if name == "config":
+        from davfed_fuse.cli import config
+
+        return config.main
     if name == "install-helper":
         from davfed_fuse.cli import installhelper
 
