@@ -44,7 +44,7 @@ def test_layers_apply_in_order(etc: Path) -> None:
         f"cache_size = 2G\ntimeout = 6\n[{URL}/]\nretries = 3\nmax_connections = 9\n"
     )
     (etc / "conf.d" / "30-c.conf").write_text(
-        f"[/other]\nretries = 9\n[https://other.example/]\nmax_connections = 1\n"
+        "[/other]\nretries = 9\n[https://other.example/]\nmax_connections = 1\n"
     )
     (etc / "conf.d" / "notes.txt").write_text("not a conf file: never read\n")
     triage = build_config(URL, "/mnt/", ["max_connections=12"])
@@ -122,7 +122,7 @@ def test_errors_name_file_and_line(etc: Path, text: str, line: int, message: str
 
 def test_unknown_keys_are_errors_even_when_sloppy(etc: Path) -> None:
     (etc / "davfed.conf").write_text("bogus = 1\n")
-    with pytest.raises(UsageError, match="davfed.conf:1: unknown option 'bogus'"):
+    with pytest.raises(UsageError, match=r"davfed\.conf:1: unknown option 'bogus'"):
         build_config(URL, "/mnt", sloppy=True)
 
 
