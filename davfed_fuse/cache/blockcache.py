@@ -79,6 +79,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
+#: Room kept for what storing a block adds besides its bytes (index and WAL pages, a
+#: directory), so that the reserve is not dented by them.
+METADATA_SLACK = 256 * 1024
 #: Seconds between evictions for free space (the unlinks of the last one must land first).
 SPACE_SETTLE = 1.0
 
@@ -423,8 +426,9 @@ class BlockCache:
         self._counters.evicted += len(victims)
         if n == 0:
             return True
-        # Bytes being written now may not be on disk yet: count them as still to come.
-        below = n + self._lru.reserved - self._space.room()
+        # Bytes being written now may not be on disk yet: count them as still to come,
+        # and the index rows and directory a block brings with it.
+        below = n + self._lru.reserved + METADATA_SLACK - self._space.room()
         if below <= 0:
             return True
         now = self._clock()
@@ -448,8 +452,8 @@ class BlockCache:
         if not short:
             return None
         return (
-            f"cache_size={_size(self.max_bytes)} is more than the cache can get on the "
-            f"filesystem of {self.root}: {_size(self._space.free())} free plus "
+            f"cache_size={_size(self.max_bytes)} is more than the cache can get on "
+            f"{self.root}: {_size(self._space.free())} free plus "
             f"{_size(self._lru.total)} cached, less the cache_min_free reserve of "
             f"{_size(self._space.reserve)}; the cache stops at about "
             f"{_size(max(0, self.max_bytes - short))}"
