@@ -8,6 +8,8 @@ Must not import: anything of davfed's but ``errors``.
 from __future__ import annotations
 
 import os
+import pwd
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +22,32 @@ DEV_CACHE_DIR = Path(__file__).resolve().parent.parent / "cache"
 SYSTEM_CACHE_DIR = Path("/var/cache/davfed")
 
 
+def home_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The user's home: ``$HOME`` if absolute, else the password database's (None if
+    the user has no entry)."""
+    home = (os.environ if environ is None else environ).get("HOME", "")
+    if os.path.isabs(home):
+        return Path(home)
+    try:
+        return Path(pwd.getpwuid(os.geteuid()).pw_dir)
+    except KeyError:
+        return None
+
+
+def user_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """A non-root user's cache: ``$XDG_CACHE_HOME/davfed``, else ``~/.cache/davfed``."""
+    xdg = (os.environ if environ is None else environ).get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg) / "davfed"
+    home = home_dir(environ)
+    return home / ".cache" / "davfed" if home is not None else SYSTEM_CACHE_DIR
+
+
 def default_cache_dir() -> Path:
-    """``cache/`` in a development checkout (it has ``pyproject.toml``), else the system dir."""
+    """The per-user cache when not root (:func:`user_cache_dir`); for root, ``cache/`` in a
+    development checkout (it has ``pyproject.toml``), else the system dir."""
+    if os.geteuid() != 0:
+        return user_cache_dir()
     if (DEV_CACHE_DIR.parent / "pyproject.toml").is_file():
         return DEV_CACHE_DIR
     return SYSTEM_CACHE_DIR
@@ -53,6 +79,8 @@ class Config:
     # Cache.
     cache_dir: Path = field(default_factory=default_cache_dir)
     cache_size: int = 20 * GiB
+    #: Free space the cache leaves on its filesystem: ``(bytes, percent)``, the larger.
+    cache_min_free: tuple[int, float] = (0, 5.0)
     block_size: int = 4 * MiB
     readahead: int = 64 * MiB
     max_connections: int = 8

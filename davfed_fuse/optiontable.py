@@ -36,6 +36,7 @@ from davfed_fuse.optionvalues import (
     parse_gid,
     parse_log_format,
     parse_log_level,
+    parse_min_free,
     parse_proxy,
     parse_uid,
     parse_umask,
@@ -154,6 +155,11 @@ OPTIONS: dict[str, Rule] = {
     "cache_size": _value(
         "cache_size", size_between(0, 1 << 60), "how much the block cache may keep on disk"
     ),
+    "cache_min_free": _value(
+        "cache_min_free",
+        parse_min_free,
+        "free space the cache always leaves on its filesystem (5% or a size)",
+    ),
     "block_size": _value("block_size", parse_block_size, "size of one cached block (4K..64M)"),
     "readahead": _value(
         "readahead", size_between(0, 16 << 30), "how far ahead of a sequential reader to fetch"
@@ -185,5 +191,7 @@ OPTIONS: dict[str, Rule] = {
     "token_file": _value("token_file", parse_abs_path, "file holding a bearer token"),
     "capath": _value("capath", parse_abs_path, "directory of trusted CA certificates"),
     "proxy": _value("proxy", parse_proxy, "HTTP proxies, CVMFS syntax (a|b;c;DIRECT)"),
-    "config": _value("config_file", parse_abs_path, "configuration file (not read yet)"),
+    "config": _value(
+        "config_file", parse_abs_path, "configuration file read instead of davfed.conf"
+    ),
 }

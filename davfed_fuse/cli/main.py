@@ -26,7 +26,7 @@ from davfed_fuse.exitcodes import Exit
 __all__ = ["USAGE", "helper_main", "main"]
 
 
-COMMANDS = ("mount", "umount", "install-helper", "prefetch", "cache", "verify", "testfed")
+COMMANDS = ("mount", "umount", "config", "install-helper", "prefetch", "cache", "verify", "testfed")
 
 
 def command(name: str) -> Callable[[Sequence[str]], int]:
@@ -40,6 +40,10 @@ def command(name: str) -> Callable[[Sequence[str]], int]:
         from davfed_fuse.cli import umount
 
         return umount.main
+    if name == "config":
+        from davfed_fuse.cli import config
+
+        return config.main
     if name == "install-helper":
         from davfed_fuse.cli import installhelper
 

@@ -8,6 +8,8 @@ commands:
                                  mount a federation read-only (returns once live;
                                  -f serves it in the foreground)
   umount [-l] MOUNTPOINT         unmount it
+  config show [-o OPTS]... MOUNTPOINT|URL
+                                 the options a mount uses and where each came from
   prefetch PATH... [-r DIR]... [--jobs N] [--quiet] [--json]
                                  warm the cache: read files through a davfed mount
   cache stats|clean [--cache-dir DIR] [--json]

@@ -38,6 +38,7 @@ from davfed_fuse.net.proxies import ProxiesFailed, Proxy, first_working, proxy_o
 from davfed_fuse.net.replicas import backoff
 from davfed_fuse.net.transport import Transport
 from davfed_fuse.net.webdav import RemoteEntry
+from davfed_fuse.system.fusermount import capture_stderr, fuse_reason
 from davfed_fuse.system.mounttable import find_mount
 
 log = logging.getLogger(__name__)
@@ -235,14 +236,18 @@ def open_cache(config: Config, root: Path) -> BlockCache | None:
     if config.cache_size == 0:
         return None
     try:
-        return BlockCache(
+        cache = BlockCache(
             root,
             max_bytes=config.cache_size,
             block_size=config.block_size,
             max_fetches=config.max_connections,
             # A reader's read-ahead, its current block and one more fetch run.
             max_fresh_bytes=config.readahead + 4 * config.block_size,
+            min_free=config.cache_min_free,
         )
+        if (warning := cache.capacity_warning()) is not None:
+            log.warning("%s", warning)
+        return cache
     except CacheLocked:
         raise MountError(f"cache directory {root} is in use by another davfed mount") from None
     except (OSError, sqlite3.Error) as exc:
@@ -322,9 +327,11 @@ async def serve(config: Config, readiness: Readiness) -> None:
                     },
                 )
                 try:
-                    pyfuse3.init(operations, str(mountpoint), fuse_options(config))
+                    with capture_stderr() as fusermount:  # it says why, on stderr
+                        pyfuse3.init(operations, str(mountpoint), fuse_options(config))
                 except RuntimeError as exc:
-                    raise MountError(f"cannot mount on {mountpoint}: {exc}") from exc
+                    why = fuse_reason(fusermount.text) or exc
+                    raise MountError(f"cannot mount on {mountpoint}: {why}") from exc
                 try:
                     nursery.start_soon(_watch_signals)
                     nursery.start_soon(_announce, config, mountpoint, readiness)
