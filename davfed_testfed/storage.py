@@ -253,12 +253,16 @@ async def _stream(
                 n = min(n, stop_after - sent)
                 if n <= 0:
                     break
+            if effect.rate is not None:
+                n = min(n, max(1, effect.rate // 10))
             chunk = await loop.run_in_executor(None, f.read, n)
             if not chunk:
                 break
             await response.write(chunk)
             sent += len(chunk)
             count(len(chunk))
+            if effect.rate is not None:
+                await asyncio.sleep(len(chunk) / effect.rate)
     if sent < length:
         if effect.stall_after is not None:
             await gate.wait()
