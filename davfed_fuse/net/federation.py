@@ -61,7 +61,8 @@ from davfed_fuse.net.replicas import (
     backoff,
     next_replica,
 )
-from davfed_fuse.net.transport import Lane, Transport, log_transfer
+from davfed_fuse.net.transferlog import log_transfer
+from davfed_fuse.net.transport import Lane, Transport
 from davfed_fuse.net.webdav import (
     METALINK_ACCEPT,
     PROPFIND_BODY,

@@ -36,7 +36,7 @@ import select
 import socket
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
@@ -67,33 +67,6 @@ CHUNK = 1 << 20
 PROXY_FILL_RATE = 2 << 20
 #: The most :meth:`Transport.allowance` adds to a first-byte wait, seconds.
 MAX_FILL_WAIT = 600.0
-
-
-def log_transfer(url: str, start: int, end: int, got: int, error: str | None, took: float) -> None:
-    """One log event for a transaction with a storage endpoint (ECS field names, for ELK).
-
-    Dynafed never learns whether the client's transfer after its redirect worked;
-    the client does, so it records it. ``error``: None, or what went wrong.
-    """
-    parts = urlsplit(url)
-    log.info(
-        "GET %s bytes %d-%d: %s",
-        redact_url(url),
-        start,
-        end - 1,
-        "ok" if error is None else error,
-        extra={
-            "event.action": "read",
-            "event.outcome": "success" if error is None else "failure",
-            "event.duration": int(took * 1e9),
-            "destination.domain": parts.hostname,
-            "destination.port": parts.port,
-            "url.path": parts.path,
-            "http.request.method": "GET",
-            "http.response.body.bytes": got,
-            "davfed.range": f"{start}-{end - 1}",
-        },
-    )
 
 
 class Lane(enum.Enum):
@@ -352,7 +325,13 @@ class Transport:
             self._finish(key, conn, response, read_small=True)
             return 0
         try:
-            got = self._fill(response, into[: end - start], plan, url, call)
+            sock = conn.sock
+
+            def flowing() -> None:  # bytes arrive: from now on, every wait is `timeout`
+                if sock is not None and head_timeout != self.timeout:
+                    sock.settimeout(self.timeout)
+
+            got = self._fill(response, into[: end - start], plan, url, call, flowing)
         except BaseException:
             conn.close()
             raise
@@ -380,9 +359,8 @@ class Transport:
                 assert conn.sock is not None
                 conn.sock.settimeout(head_timeout)
                 conn.request("GET", target, headers=headers)
-                response = conn.getresponse()
-                conn.sock.settimeout(self.timeout)
-                return conn, response
+                # The head_timeout stays until the body's first bytes (see _fill).
+                return conn, conn.getresponse()
             except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
                 if conn is not None:
                     conn.close()
@@ -467,9 +445,18 @@ class Transport:
 
     @staticmethod
     def _fill(
-        response: http.client.HTTPResponse, into: memoryview, plan: BodyPlan, url: str, call: _Call
+        response: http.client.HTTPResponse,
+        into: memoryview,
+        plan: BodyPlan,
+        url: str,
+        call: _Call,
+        flowing: Callable[[], None],
     ) -> int:
         """Read the body into ``into`` as ``plan`` says; the number of bytes read.
+
+        Until the first chunk has arrived, waits are as long as the head's (a
+        filling cache may send its head early and its body late); ``flowing`` is
+        called then, and sets the wait back to ``timeout``.
 
         The body is read in chunks of :data:`CHUNK` bytes, each read whole or not at
         all (a buffered read): after a failure, ``got`` counts the whole chunks read,
@@ -486,6 +473,7 @@ class Transport:
                     if not n:
                         break
                     skip -= n
+                    flowing()
             while filled < want and not skip:
                 if call.abandoned:
                     raise _Abandoned
@@ -493,6 +481,7 @@ class Transport:
                 if not n:
                     break
                 filled += n
+                flowing()
             if plan.exact and filled == want and response.read(1):
                 raise body_too_long(url, want)
         except TimeoutError as exc:

@@ -68,6 +68,7 @@ acl signed_data urlpath_regex -i X-Amz-Signature=
 store_id_access allow federation_data signed_data
 store_id_access deny all
 
+refresh_pattern -i ^http://federation\\.squid\\.internal/ 1440 100% 10080
 refresh_pattern -i /ep[0-9]+/ 1440 100% 10080
 refresh_pattern . 0 20% 4320
 via off
@@ -89,7 +90,8 @@ class Entry:
 
     @property
     def hit(self) -> bool:
-        return "HIT" in self.result or self.result == "TCP_REFRESH_UNMODIFIED"
+        # REFRESH_UNMODIFIED: revalidated with the origin (a 304), the body from the cache.
+        return "HIT" in self.result or "REFRESH_UNMODIFIED" in self.result
 
 
 class Squid:
