@@ -105,7 +105,11 @@ class Config:
     token_file: Path | None = None
     capath: Path | None = None
     proxy: str | None = None
-    # ``config=PATH`` as given (not read yet) and ``env.NAME=VALUE`` pairs that
+    # Fleet options (issue 15): proxy failback, a filling cache's first byte, boot bursts.
+    proxy_reset_after: float = 300.0
+    proxy_fill_rate: int = 2 << 20
+    startup_jitter: float = 3.0
+    # ``config=PATH`` (read instead of davfed.conf; see configfile) and ``env.NAME=VALUE`` pairs that
     # the launcher puts into the daemon's environment.
     config_file: Path | None = None
     env: tuple[tuple[str, str], ...] = ()

@@ -191,6 +191,18 @@ OPTIONS: dict[str, Rule] = {
     "token_file": _value("token_file", parse_abs_path, "file holding a bearer token"),
     "capath": _value("capath", parse_abs_path, "directory of trusted CA certificates"),
     "proxy": _value("proxy", parse_proxy, "HTTP proxies, CVMFS syntax (a|b;c;DIRECT)"),
+    # Fleet: proxies at run time and start-up bursts (issue 15; docs/fleet.md).
+    "proxy_reset_after": _value(
+        "proxy_reset_after", _positive, "seconds until the first proxy group is tried again"
+    ),
+    "proxy_fill_rate": _value(
+        "proxy_fill_rate",
+        size_between(1, 1 << 40),
+        "bytes/s a caching proxy is assumed to fill at least (first-byte wait)",
+    ),
+    "startup_jitter": _value(
+        "startup_jitter", _non_negative, "random delay (0..N s) before the first request"
+    ),
     "config": _value(
         "config_file", parse_abs_path, "configuration file read instead of davfed.conf"
     ),

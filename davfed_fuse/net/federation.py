@@ -61,7 +61,8 @@ from davfed_fuse.net.replicas import (
     backoff,
     next_replica,
 )
-from davfed_fuse.net.transport import Lane, Transport, log_transfer
+from davfed_fuse.net.transferlog import log_transfer
+from davfed_fuse.net.transport import Lane, Transport
 from davfed_fuse.net.webdav import (
     METALINK_ACCEPT,
     PROPFIND_BODY,
@@ -224,7 +225,9 @@ class Federation:
         end = min(end, size)
         if start >= end:
             return b""
-        with self._deadline(f"read {path} [{start}, {end})"):
+        # Through a caching proxy, the first byte may wait for the cache to fill.
+        extra = self._transport.allowance(start)
+        with self._deadline(f"read {path} [{start}, {end})", extra):
             try:
                 return await self._read(path, start, end, size, lane)
             except NotFound as exc:
@@ -379,12 +382,13 @@ class Federation:
         return await follow(url_for(self.base_url, path), step, what=f"HEAD {path!r}")
 
     @contextmanager
-    def _deadline(self, what: str) -> Iterator[None]:
+    def _deadline(self, what: str, extra: float = 0.0) -> Iterator[None]:
         try:
-            with trio.fail_after(self.budget):
+            with trio.fail_after(self.budget + extra):
                 yield
         except trio.TooSlowError:
-            raise UpstreamTimeout(f"{what}: no answer within {self.budget:g} s") from None
+            took = self.budget + extra
+            raise UpstreamTimeout(f"{what}: no answer within {took:g} s") from None
 
     async def _read_following(
         self, path: str, start: int, end: int, size: int, into: memoryview, lane: Lane
