@@ -109,7 +109,8 @@ class Config:
     proxy_reset_after: float = 300.0
     proxy_fill_rate: int = 2 << 20
     startup_jitter: float = 3.0
-    # ``config=PATH`` (read instead of davfed.conf; see configfile) and ``env.NAME=VALUE`` pairs that
+    # ``config=PATH`` (read instead of davfed.conf; see configfile) and
+    # ``env.NAME=VALUE`` pairs that
     # the launcher puts into the daemon's environment.
     config_file: Path | None = None
     env: tuple[tuple[str, str], ...] = ()
