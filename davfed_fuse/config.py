@@ -77,6 +77,9 @@ class Config:
     token_file: Path | None = None
     capath: Path | None = None
     proxy: str | None = None
+    # Operations: Prometheus /metrics address (None: off), the summary line's period.
+    metrics_addr: str | None = None
+    stats_interval: float = 600.0
     # ``config=PATH`` as given (not read yet) and ``env.NAME=VALUE`` pairs that
     # the launcher puts into the daemon's environment.
     config_file: Path | None = None

@@ -17,6 +17,7 @@ import signal
 import socket
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -29,6 +30,9 @@ from davfed_fuse.config import Config
 from davfed_fuse.daemon.handlers import Attributes, DavfedOperations
 from davfed_fuse.daemon.namespace import Namespace
 from davfed_fuse.daemon.openfiles import Readers, cache_root
+from davfed_fuse.daemon.services import operator_services, proxy_steering
+from davfed_fuse.daemon.status import MountView, ProxyState, cache_counters
+from davfed_fuse.daemon.telemetry import Telemetry, WarningKeeper
 from davfed_fuse.errors import DavfedError, Forbidden, MountError, NotFound
 from davfed_fuse.exitcodes import Exit
 from davfed_fuse.net.credentials import Credentials, TLSGeneration, discover, searched
@@ -38,6 +42,7 @@ from davfed_fuse.net.proxies import ProxiesFailed, Proxy, first_working, proxy_o
 from davfed_fuse.net.replicas import backoff
 from davfed_fuse.net.transport import Transport
 from davfed_fuse.net.webdav import RemoteEntry
+from davfed_fuse.system.control import socket_path
 from davfed_fuse.system.mounttable import find_mount
 
 log = logging.getLogger(__name__)
@@ -199,6 +204,14 @@ async def choose_proxy(config: Config, credentials: Credentials) -> Proxy:
     spec = proxy_spec(config.proxy, config.url, os.environ)
     if spec is None:
         return None
+    try:
+        return await first_working(proxy_order(spec), proxy_probe(config, credentials))
+    except ProxiesFailed as exc:
+        raise MountError(f"{config.url}: {exc}") from None
+
+
+def proxy_probe(config: Config, credentials: Credentials) -> Callable[[Proxy], Awaitable[None]]:
+    """A check that the federation answers through a proxy (raises if not)."""
 
     async def probe(proxy: Proxy) -> None:
         async with http_client(config, credentials, 1, proxy) as client:
@@ -210,10 +223,7 @@ async def choose_proxy(config: Config, credentials: Credentials) -> Proxy:
             ):
                 await federation.stat("")
 
-    try:
-        return await first_working(proxy_order(spec), probe)
-    except ProxiesFailed as exc:
-        raise MountError(f"{config.url}: {exc}") from None
+    return probe
 
 
 def http_client(
@@ -258,82 +268,114 @@ async def serve(config: Config, readiness: Readiness) -> None:
     tasks, the HTTP connections and the cache index.
     """
     mountpoint = Path(config.mountpoint).resolve()
-    with contextlib.ExitStack() as stack:
-        cache = open_cache(config, cache_root(config.cache_dir, config.url))
-        if cache is not None:
-            stack.callback(cache.close)
-        credentials = credentials_for(config)
-        proxy = await choose_proxy(config, credentials)
-        async with http_client(config, credentials, config.max_connections + 2, proxy) as client:
-            # A FUSE request may try two replicas, each within the per-operation deadlines.
-            budget = 2 * (config.timeout + config.connect_timeout)
-            transport = Transport(
-                tls=TLSGeneration(credentials),
-                timeout=config.timeout,
-                connect_timeout=config.connect_timeout,
-                connections=config.max_connections + 2,
-                proxy=proxy,
-                user_agent=f"davfed/{__version__}",
-            )
-            stack.callback(transport.close)
-            federation = Federation(
-                config.url,
-                client,
-                transport=transport,
-                federation_headers=credentials.headers,
-                budget=budget,
-                retries=config.retries,
-            )
-            try:
-                await _check_root(federation, config)
-            except MountError as exc:
-                if credentials.credential is None and isinstance(exc.__cause__, Forbidden):
-                    raise MountError(
-                        f"{exc}; no credential found (looked for {searched()})"
-                    ) from exc
-                raise
-            namespace = Namespace(
-                federation,
-                attr_timeout=config.attr_timeout,
-                dir_timeout=config.dir_timeout,
-                negative_timeout=config.negative_timeout,
-                clock=time.monotonic,
-            )
-            attributes = Attributes(
-                uid=config.uid,
-                gid=config.gid,
-                file_mode=config.file_mode,
-                dir_mode=config.dir_mode,
-                attr_timeout=config.attr_timeout,
-                entry_timeout=config.entry_timeout,
-            )
-            limiter = trio.CapacityLimiter(config.max_connections)
-            async with trio.open_nursery() as nursery:  # owns the read-ahead tasks
-                readers = Readers(federation, cache, nursery, limiter, config.readahead)
-                # A request may wait for another reader's fetch, then fetch itself.
-                operations = DavfedOperations(
-                    namespace,
-                    attributes,
-                    readers,
-                    request_timeout=2 * budget,
-                    other_tables=lambda: {
-                        "readers": readers.alive(),
-                        "remembered_targets": federation.remembered_targets(),
-                    },
+    telemetry = Telemetry()
+    async with contextlib.AsyncExitStack() as retired_clients:  # replaced by ctl proxy set
+        with contextlib.ExitStack() as stack:
+            cache = open_cache(config, cache_root(config.cache_dir, config.url))
+            if cache is not None:
+                stack.callback(cache.close)
+            credentials = credentials_for(config)
+            proxy = await choose_proxy(config, credentials)
+            async with http_client(
+                config, credentials, config.max_connections + 2, proxy
+            ) as client:
+                # A FUSE request may try two replicas, each within the per-operation deadlines.
+                budget = 2 * (config.timeout + config.connect_timeout)
+                transport = Transport(
+                    tls=TLSGeneration(credentials),
+                    timeout=config.timeout,
+                    connect_timeout=config.connect_timeout,
+                    connections=config.max_connections + 2,
+                    proxy=proxy,
+                    user_agent=f"davfed/{__version__}",
+                )
+                stack.callback(transport.close)
+                federation = Federation(
+                    config.url,
+                    client,
+                    transport=transport,
+                    federation_headers=credentials.headers,
+                    budget=budget,
+                    retries=config.retries,
+                    observer=telemetry,
                 )
                 try:
-                    pyfuse3.init(operations, str(mountpoint), fuse_options(config))
-                except RuntimeError as exc:
-                    raise MountError(f"cannot mount on {mountpoint}: {exc}") from exc
-                try:
-                    nursery.start_soon(_watch_signals)
-                    nursery.start_soon(_announce, config, mountpoint, readiness)
-                    await pyfuse3.main()
-                finally:
-                    sd_notify("STOPPING=1", f"STATUS=unmounting {mountpoint}")
-                    nursery.cancel_scope.cancel()
-                    pyfuse3.close(unmount=True)
-                    log.info("unmounted %s", mountpoint)
+                    await _check_root(federation, config)
+                except MountError as exc:
+                    if credentials.credential is None and isinstance(exc.__cause__, Forbidden):
+                        raise MountError(
+                            f"{exc}; no credential found (looked for {searched()})"
+                        ) from exc
+                    raise
+                namespace = Namespace(
+                    federation,
+                    attr_timeout=config.attr_timeout,
+                    dir_timeout=config.dir_timeout,
+                    negative_timeout=config.negative_timeout,
+                    clock=time.monotonic,
+                )
+                attributes = Attributes(
+                    uid=config.uid,
+                    gid=config.gid,
+                    file_mode=config.file_mode,
+                    dir_mode=config.dir_mode,
+                    attr_timeout=config.attr_timeout,
+                    entry_timeout=config.entry_timeout,
+                )
+                limiter = trio.CapacityLimiter(config.max_connections)
+                spec = proxy_spec(config.proxy, config.url, os.environ)
+                proxy_state = ProxyState(spec, proxy, proxy_order(spec) if spec else [])
+                view = MountView(
+                    url=config.url,
+                    mountpoint=mountpoint,
+                    telemetry=telemetry,
+                    warnings=WarningKeeper(),
+                    federation=federation,
+                    credentials=credentials,
+                    proxy=proxy_state,
+                    cache=cache,
+                    open_files=lambda: operations.open_files(),
+                    control_socket=socket_path(str(mountpoint), os.geteuid()),
+                )
+                set_proxy = proxy_steering(
+                    proxy_state,
+                    proxy_probe(config, credentials),
+                    transport,
+                    federation,
+                    lambda chosen: http_client(
+                        config, credentials, config.max_connections + 2, chosen
+                    ),
+                    retired_clients,
+                )
+                async with trio.open_nursery() as nursery:  # owns the read-ahead tasks
+                    readers = Readers(federation, cache, nursery, limiter, config.readahead)
+                    # A request may wait for another reader's fetch, then fetch itself.
+                    operations = DavfedOperations(
+                        namespace,
+                        attributes,
+                        readers,
+                        request_timeout=2 * budget,
+                        other_tables=lambda: {
+                            "readers": readers.alive(),
+                            "remembered_targets": federation.remembered_targets(),
+                        },
+                        view=view,
+                        cold_mark=None if cache is None else lambda: cache_counters(cache).misses,
+                    )
+                    try:
+                        pyfuse3.init(operations, str(mountpoint), fuse_options(config))
+                    except RuntimeError as exc:
+                        raise MountError(f"cannot mount on {mountpoint}: {exc}") from exc
+                    try:
+                        nursery.start_soon(_watch_signals)
+                        async with operator_services(config, view, set_proxy, nursery):
+                            nursery.start_soon(_announce, config, mountpoint, readiness)
+                            await pyfuse3.main()
+                    finally:
+                        sd_notify("STOPPING=1", f"STATUS=unmounting {mountpoint}")
+                        nursery.cancel_scope.cancel()
+                        pyfuse3.close(unmount=True)
+                        log.info("unmounted %s", mountpoint)
 
 
 async def _check_root(federation: Federation, config: Config) -> None:

@@ -63,31 +63,13 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
 
-def log_transfer(url: str, start: int, end: int, got: int, error: str | None, took: float) -> None:
-    """One log event for a transaction with a storage endpoint (ECS field names, for ELK).
+class Reply:
+    """What the caller of :meth:`Transport.get_range` may learn of the answer: its status."""
 
-    Dynafed never learns whether the client's transfer after its redirect worked;
-    the client does, so it records it. ``error``: None, or what went wrong.
-    """
-    parts = urlsplit(url)
-    log.info(
-        "GET %s bytes %d-%d: %s",
-        redact_url(url),
-        start,
-        end - 1,
-        "ok" if error is None else error,
-        extra={
-            "event.action": "read",
-            "event.outcome": "success" if error is None else "failure",
-            "event.duration": int(took * 1e9),
-            "destination.domain": parts.hostname,
-            "destination.port": parts.port,
-            "url.path": parts.path,
-            "http.request.method": "GET",
-            "http.response.body.bytes": got,
-            "davfed.range": f"{start}-{end - 1}",
-        },
-    )
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status = 0  # 0: no answer arrived
 
 
 class Lane(enum.Enum):
@@ -118,10 +100,11 @@ class _PoolKey:
 class _Call:
     """One transfer as its worker thread sees it: abandoned when the caller is cancelled."""
 
-    __slots__ = ("abandoned",)
+    __slots__ = ("abandoned", "reply")
 
-    def __init__(self) -> None:
+    def __init__(self, reply: Reply | None) -> None:
         self.abandoned = False
+        self.reply = reply
 
 
 class _Abandoned(Exception):
@@ -184,10 +167,12 @@ class Transport:
         *,
         lane: Lane = Lane.FOREGROUND,
         headers: Mapping[str, str] | None = None,
+        reply: Reply | None = None,
     ) -> int:
         """GET ``[start, end)`` of ``url`` (a file of ``size`` bytes) into ``into``.
 
-        Returns the number of bytes read; ``headers`` are sent besides Range.
+        Returns the number of bytes read; ``headers`` are sent besides Range;
+        ``reply.status`` gets the answer's HTTP status, if one arrived.
         Raises :class:`Redirect` for a 3xx and :class:`TargetFailed` for any other
         failure. Cancellation: returns at once; the worker thread stops at its next
         chunk (or its read timeout) and closes its connection; bytes it still writes
@@ -197,7 +182,7 @@ class Transport:
         if url.startswith("https:"):
             generation, context = self._tls.current()
         request = _Request(url, start, end, size, headers or {}, generation, context, lane)
-        call = _Call()
+        call = _Call(reply)
         done = False
         try:
             got: int = await trio.to_thread.run_sync(
@@ -213,6 +198,11 @@ class Transport:
         finally:
             if not done:
                 call.abandoned = True
+
+    def set_proxy(self, proxy: str | None) -> None:
+        """Carry later requests through ``proxy`` (None: direct); idle connections go."""
+        self._proxy = urlsplit(proxy) if proxy else None
+        self.close()
 
     def close(self) -> None:
         """Close the idle connections (transfers still running close theirs)."""
@@ -245,6 +235,8 @@ class Transport:
         }
         what = f"GET {redact_url(url)}"
         conn, response = self._send(key, request.context, target, headers, url, what)
+        if call.reply is not None:
+            call.reply.status = response.status
         try:
             plan = plan_body(response.status, response.getheader, url, start, end, size)
         except Redirect:
