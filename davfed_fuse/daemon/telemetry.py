@@ -135,7 +135,8 @@ class Telemetry:
         klass = status_class(ex.status)
         endpoint.statuses[klass] = endpoint.statuses.get(klass, 0) + 1
         if ex.error is None:
-            endpoint.last_ok_mono = time.monotonic()
+            if not ex.federation:  # the federation's 302 says nothing of the data's health
+                endpoint.last_ok_mono = time.monotonic()
         elif ex.error != "cancelled":
             endpoint.errors += 1
             endpoint.last_error = ex.error
@@ -184,15 +185,16 @@ class Telemetry:
         return self.storage_bytes / self.storage_seconds if self.storage_seconds > 0 else 0.0
 
     def all_failing(self, now: float | None = None) -> bool:
-        """Every endpoint that was used in the last minute failed, none worked."""
+        """Every storage endpoint used in the last minute failed, and its last try too."""
         now = time.monotonic() if now is None else now
-        recent_errors = recent_ok = 0
+        recent = 0
         for endpoint in list(self.endpoints.values()):
-            if endpoint.last_error_mono is not None and now - endpoint.last_error_mono < RECENT:
-                recent_errors += 1
-            if endpoint.last_ok_mono is not None and now - endpoint.last_ok_mono < RECENT:
-                recent_ok += 1
-        return recent_errors > 0 and recent_ok == 0
+            ok, failed = endpoint.last_ok_mono, endpoint.last_error_mono
+            if ok is not None and now - ok < RECENT and (failed is None or ok > failed):
+                return False  # this one works
+            if failed is not None and now - failed < RECENT:
+                recent += 1
+        return recent > 0
 
 
 class WarningKeeper(logging.Handler):
