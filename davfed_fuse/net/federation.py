@@ -472,6 +472,7 @@ class Federation:
         """
         transaction = _TRANSACTION.get() or Transaction.new("", readahead=lane is Lane.BACKGROUND)
         federation = origin(url) == self._origin
+        headers = self._headers_for(url) if federation else None
         reply = Reply()
         started = trio.current_time()
         got = 0
@@ -479,27 +480,9 @@ class Federation:
         if not federation:
             self.observer.begin(lane is Lane.BACKGROUND)
         try:
-            if federation:
-                try:
-                    got = await self._transport.get_range(
-                        url,
-                        start,
-                        end,
-                        size,
-                        into,
-                        lane=lane,
-                        headers=self._headers_for(url),
-                        reply=reply,
-                    )
-                except TargetFailed as failed:
-                    got, error = failed.got, str(failed.error)
-                    if failed.in_body:
-                        raise  # the federation served data itself, and its body failed
-                    raise failed.error from None
-            else:
-                got = await self._transport.get_range(
-                    url, start, end, size, into, lane=lane, reply=reply
-                )
+            got = await self._transport.get_range(
+                url, start, end, size, into, lane=lane, headers=headers, reply=reply
+            )
             error = None
             return got
         except Redirect:
@@ -509,18 +492,13 @@ class Federation:
             raise
         except TargetFailed as failed:
             got, error = failed.got, str(failed.error)
+            if federation and not failed.in_body:
+                raise failed.error from None  # the federation's answer that is no data
             raise
         finally:
+            took = trio.current_time() - started
             exchange = Exchange(
-                transaction,
-                url,
-                start,
-                end,
-                got,
-                reply.status,
-                error,
-                trio.current_time() - started,
-                federation,
+                transaction, url, start, end, got, reply.status, error, took, federation
             )
             log_exchange(exchange)
             self.observer.exchange(exchange)
