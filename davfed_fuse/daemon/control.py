@@ -161,7 +161,16 @@ async def answer(controls: Controls, line: bytes) -> dict[str, Any]:
 async def _serve_one(controls: Controls, conn: trio.socket.SocketType, owner: int) -> None:
     with conn:
         try:
-            uid = peer_uid(conn)
+            data = b""
+            with trio.move_on_after(REQUEST_TIMEOUT):
+                while not data.endswith(b"\n") and len(data) <= MAX_LINE:
+                    chunk = await conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            if not data.endswith(b"\n"):
+                return
+            uid = peer_uid(conn)  # the request is read first: the refusal reaches the peer
             if uid not in (0, owner):
                 reply: dict[str, Any] = {
                     "ok": False,
@@ -170,15 +179,6 @@ async def _serve_one(controls: Controls, conn: trio.socket.SocketType, owner: in
                     f"(only root and uid {owner})",
                 }
             else:
-                data = b""
-                with trio.move_on_after(REQUEST_TIMEOUT):
-                    while not data.endswith(b"\n") and len(data) <= MAX_LINE:
-                        chunk = await conn.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
-                if not data.endswith(b"\n"):
-                    return
                 reply = await answer(controls, data)
             await conn.send(json.dumps(reply, default=str).encode() + b"\n")
         except OSError as exc:
