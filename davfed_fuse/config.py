@@ -109,6 +109,9 @@ class Config:
     proxy_reset_after: float = 300.0
     proxy_fill_rate: int = 2 << 20
     startup_jitter: float = 3.0
+    # Operations: Prometheus /metrics address (None: off), the summary line's period.
+    metrics_addr: str | None = None
+    stats_interval: float = 600.0
     # ``config=PATH`` (read instead of davfed.conf; see configfile) and
     # ``env.NAME=VALUE`` pairs that
     # the launcher puts into the daemon's environment.

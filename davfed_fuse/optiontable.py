@@ -26,6 +26,7 @@ Names are spelled with ``_`` here; ``-`` is the same in a mount option.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -112,6 +113,20 @@ def _flag(help: str, **sets: object) -> Rule:
 
 def _value(name: str, parse: Callable[[str], object], help: str) -> Rule:
     return Rule(Kind.VALUE, help, field=name, parse=parse)
+
+
+def _parse_listen(text: str) -> str:
+    """``127.0.0.1:9109`` or ``[::1]:9109``: an IP address (or localhost) and a port."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:9109")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address (or localhost)") from None
+    return text.strip()
 
 
 _positive = seconds(0.0, inclusive=False)
@@ -205,5 +220,14 @@ OPTIONS: dict[str, Rule] = {
     ),
     "config": _value(
         "config_file", parse_abs_path, "configuration file read instead of davfed.conf"
+    ),
+    # Operations (docs/operations.md).
+    "metrics_addr": _value(
+        "metrics_addr",
+        _parse_listen,
+        "serve Prometheus metrics on HOST:PORT (off by default; 127.0.0.1:PORT typical)",
+    ),
+    "stats_interval": _value(
+        "stats_interval", _non_negative, "seconds between summary lines in the log (0: none)"
     ),
 }

@@ -31,6 +31,9 @@ from davfed_fuse.config import Config
 from davfed_fuse.daemon.handlers import Attributes, DavfedOperations
 from davfed_fuse.daemon.namespace import Namespace
 from davfed_fuse.daemon.openfiles import Readers, cache_root
+from davfed_fuse.daemon.services import operator_services, proxy_steering
+from davfed_fuse.daemon.status import MountView, ProxyState, cache_counters
+from davfed_fuse.daemon.telemetry import Telemetry, WarningKeeper
 from davfed_fuse.errors import DavfedError, Forbidden, MountError, NotFound
 from davfed_fuse.exitcodes import Exit
 from davfed_fuse.net.credentials import Credentials, TLSGeneration, discover, searched
@@ -41,6 +44,7 @@ from davfed_fuse.net.proxylist import ProxyList, choose_first_working, return_to
 from davfed_fuse.net.replicas import backoff
 from davfed_fuse.net.transport import MAX_FILL_WAIT, Transport
 from davfed_fuse.net.webdav import RemoteEntry
+from davfed_fuse.system.control import socket_path
 from davfed_fuse.system.fusermount import capture_stderr, fuse_reason
 from davfed_fuse.system.mounttable import find_mount
 
@@ -291,13 +295,17 @@ async def serve(config: Config, readiness: Readiness) -> None:
     tasks, the HTTP connections and the cache index.
     """
     mountpoint = Path(config.mountpoint).resolve()
+    telemetry = Telemetry()
     with contextlib.ExitStack() as stack:
         cache = open_cache(config, cache_root(config.cache_dir, config.url))
         if cache is not None:
             stack.callback(cache.close)
         credentials = credentials_for(config)
         await startup_delay(config)
-        proxies = await choose_proxy(config, credentials)
+        configured = await choose_proxy(config, credentials)
+        # Always a list (DIRECT when none was given), so that `davfed ctl proxy set`
+        # can steer a mount at run time, as `cvmfs_talk proxy set` does.
+        proxies = configured or ProxyList("DIRECT", reset_after=config.proxy_reset_after)
         connections = config.max_connections + 2
         async with http_client(config, credentials, connections, proxies=proxies) as client:
             # A FUSE request may try two replicas, each within the per-operation deadlines.
@@ -319,6 +327,7 @@ async def serve(config: Config, readiness: Readiness) -> None:
                 federation_headers=credentials.headers,
                 budget=budget,
                 retries=config.retries,
+                observer=telemetry,
             )
             try:
                 await _check_root(federation, config)
@@ -344,11 +353,26 @@ async def serve(config: Config, readiness: Readiness) -> None:
                 entry_timeout=config.entry_timeout,
             )
             limiter = trio.CapacityLimiter(config.max_connections)
+            proxy_state = ProxyState(proxies)
+            view = MountView(
+                url=config.url,
+                mountpoint=mountpoint,
+                telemetry=telemetry,
+                warnings=WarningKeeper(),
+                federation=federation,
+                credentials=credentials,
+                proxy=proxy_state,
+                cache=cache,
+                open_files=lambda: operations.open_files(),
+                control_socket=socket_path(str(mountpoint), os.geteuid()),
+            )
+            probe = proxy_probe(config, credentials)
+            set_proxy = proxy_steering(proxy_state, probe)
             async with trio.open_nursery() as nursery:  # owns the read-ahead tasks
                 readers = Readers(federation, cache, nursery, limiter, config.readahead)
                 # A request may wait for another reader's fetch, then fetch itself
                 # (through a filling cache: its first byte may wait longer).
-                fill_wait = MAX_FILL_WAIT if proxies is not None else 0.0
+                fill_wait = MAX_FILL_WAIT if configured is not None else 0.0
                 operations = DavfedOperations(
                     namespace,
                     attributes,
@@ -358,6 +382,8 @@ async def serve(config: Config, readiness: Readiness) -> None:
                         "readers": readers.alive(),
                         "remembered_targets": federation.remembered_targets(),
                     },
+                    view=view,
+                    cold_mark=None if cache is None else lambda: cache_counters(cache).misses,
                 )
                 try:
                     with capture_stderr() as fusermount:  # it says why, on stderr
@@ -367,11 +393,10 @@ async def serve(config: Config, readiness: Readiness) -> None:
                     raise MountError(f"cannot mount on {mountpoint}: {why}") from exc
                 try:
                     nursery.start_soon(_watch_signals)
-                    if proxies is not None:
-                        probe = proxy_probe(config, credentials)
-                        nursery.start_soon(return_to_first_group, proxies, probe)
-                    nursery.start_soon(_announce, config, mountpoint, readiness)
-                    await pyfuse3.main()
+                    nursery.start_soon(return_to_first_group, proxies, probe)
+                    async with operator_services(config, view, set_proxy, nursery):
+                        nursery.start_soon(_announce, config, mountpoint, readiness)
+                        await pyfuse3.main()
                 finally:
                     sd_notify("STOPPING=1", f"STATUS=unmounting {mountpoint}")
                     nursery.cancel_scope.cancel()

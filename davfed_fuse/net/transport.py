@@ -69,6 +69,15 @@ PROXY_FILL_RATE = 2 << 20
 MAX_FILL_WAIT = 600.0
 
 
+class Reply:
+    """What the caller of :meth:`Transport.get_range` may learn of the answer: its status."""
+
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status = 0  # 0: no answer arrived
+
+
 class Lane(enum.Enum):
     """Whose transfer it is: a reader waiting for it, or read-ahead."""
 
@@ -98,10 +107,11 @@ class _PoolKey:
 class _Call:
     """One transfer as its worker thread sees it: abandoned when the caller is cancelled."""
 
-    __slots__ = ("abandoned",)
+    __slots__ = ("abandoned", "reply")
 
-    def __init__(self) -> None:
+    def __init__(self, reply: Reply | None) -> None:
         self.abandoned = False
+        self.reply = reply
 
 
 class _Abandoned(Exception):
@@ -182,10 +192,12 @@ class Transport:
         *,
         lane: Lane = Lane.FOREGROUND,
         headers: Mapping[str, str] | None = None,
+        reply: Reply | None = None,
     ) -> int:
         """GET ``[start, end)`` of ``url`` (a file of ``size`` bytes) into ``into``.
 
-        Returns the number of bytes read; ``headers`` are sent besides Range.
+        Returns the number of bytes read; ``headers`` are sent besides Range;
+        ``reply.status`` gets the answer's HTTP status, if one arrived.
         Raises :class:`Redirect` for a 3xx and :class:`TargetFailed` for any other
         failure. Cancellation: returns at once; the worker thread stops at its next
         chunk (or its read timeout) and closes its connection; bytes it still writes
@@ -195,7 +207,7 @@ class Transport:
         if url.startswith("https:"):
             generation, context = self._tls.current()
         request = _Request(url, start, end, size, headers or {}, generation, context, lane)
-        call = _Call()
+        call = _Call(reply)
         done = False
         try:
             got: int = await trio.to_thread.run_sync(
@@ -305,6 +317,8 @@ class Transport:
         if key.proxy is not None:
             head_timeout += min(MAX_FILL_WAIT, start / self.fill_rate)
         conn, response = self._send(key, request.context, target, headers, url, what, head_timeout)
+        if call.reply is not None:
+            call.reply.status = response.status
         if key.proxy is not None:
             fault = proxy_fault(response.status, response.getheader)
             if fault is not None:
