@@ -30,6 +30,8 @@ GiB = 1 << 30
 #: Files up to this size (and up to a quarter of the cache) are fetched whole once
 #: they are recognised as read all over (:class:`ScatterDetector`).
 WHOLE_FILE_MAX = 4 * GiB
+#: Seconds after which a file read all over is fetched whole again when read on.
+WHOLE_FILE_AGAIN = 10.0
 
 
 class ReadaheadPolicy:
@@ -142,6 +144,7 @@ class ScatterDetector:
         self.asked = 0  # bytes asked for
         self.blocks: set[int] = set()
         self.fired = False
+        self.fetched_at = -1e9  # (trio) time of the last whole-file fetch, set by the reader
 
     def on_read(self, offset: int, length: int, *, jumped: bool) -> bool:
         """Record a read; True once: the file is read all over, fetch all of it now."""
@@ -239,8 +242,15 @@ class FileReader:
         self._reads += 1
         wanted = self.policy.on_read(offset, size)
         whole = self.scatter.on_read(offset, size, jumped=not self.policy.streaming)
+        now = trio.current_time()
+        if self.scatter.fired and now - self.scatter.fetched_at >= WHOLE_FILE_AGAIN:
+            # Again (after a while): blocks evicted since are fetched, and the stored
+            # ones are read from disk ahead of the job (the page cache moved on).
+            whole = True
         direct = self._answer_directly(offset, size, first_read)
-        if whole:  # the blocks of a direct read are filled by it, from its bytes
+        if whole:
+            self.scatter.fetched_at = now
+            # the blocks of a direct read are filled by it, from its bytes
             self._fetch_whole_file(skip=direct or range(0))
         if direct is None:
             self._read_ahead(wanted)
