@@ -189,11 +189,45 @@ def proc_cpu(pid: int | None) -> float:
     return sum(proc_times(pid))
 
 
+#: System counters whose change over a row is recorded (``vmstat``): huge-page faults
+#: and compaction stalls (the daemon's fetch buffers ask for huge pages), pages
+#: dirtied (block writes through the page cache instead of around it).
+VMSTAT_KEYS = ("thp_fault_alloc", "thp_fault_fallback", "compact_stall", "nr_dirtied")
+
+
+def vmstat() -> dict[str, int]:
+    values: dict[str, int] = {}
+    try:
+        for line in Path("/proc/vmstat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key in VMSTAT_KEYS:
+                values[key] = int(value)
+    except OSError:
+        pass
+    return values
+
+
+def context_switches(pid: int | None) -> int:
+    """Voluntary + involuntary context switches of a process so far (all its threads)."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for line in (task / "status").read_text().splitlines():
+                if line.endswith("ctxt_switches:") or "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return total
+
+
 class CpuMeter:
-    """A process's CPU over a stretch of work: total, user and system, per GiB."""
+    """A process's CPU over a stretch of work: total, user and system, per GiB; the
+    system's :func:`vmstat` counters and the process's context switches alongside."""
 
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
+        self._vm0 = vmstat()
+        self._cs0 = context_switches(pid) if pid is not None else 0
         self._t0 = proc_times(pid)
 
     def fields(self, nbytes: int | None = None) -> dict[str, Any]:
@@ -207,6 +241,9 @@ class CpuMeter:
         }
         if nbytes:
             row["cpu_s_per_gib"] = round((user + system) / (nbytes / GiB), 3)
+        vm1 = vmstat()
+        row["vmstat"] = {k: vm1[k] - v for k, v in self._vm0.items() if k in vm1}
+        row["context_switches"] = context_switches(self.pid) - self._cs0
         return row
 
 
