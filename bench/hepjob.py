@@ -29,7 +29,7 @@ BRANCHES = {
 }  # fmt: skip
 TREE = "Events"
 #: Entries per basket: one basket per branch per ``extend`` call, as ROOT flushes them.
-BASKET_ENTRIES = 50_000
+BASKET_ENTRIES = 10_000
 
 
 def write(path: str, entries: int, seed: int = 12) -> None:
