@@ -298,7 +298,7 @@ async def test_real_full_tmpfs(tmp_path: Path, make_cache: MakeCache) -> None:
     mnt = tmp_path / "small"
     mnt.mkdir()
     proc = await trio.run_process(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], check=False
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=False
     )
     if proc.returncode != 0:
         pytest.skip("cannot mount tmpfs here")
