@@ -35,6 +35,7 @@ from davfed_fuse.net.credentials import Credentials, TLSGeneration, discover, se
 from davfed_fuse.net.federation import Federation
 from davfed_fuse.net.httpclient import metadata_client
 from davfed_fuse.net.proxies import ProxiesFailed, Proxy, first_working, proxy_order, proxy_spec
+from davfed_fuse.net.replicachoice import ReplicaChoice
 from davfed_fuse.net.replicas import backoff
 from davfed_fuse.net.transport import Transport
 from davfed_fuse.net.webdav import RemoteEntry
@@ -309,7 +310,8 @@ async def serve(config: Config, readiness: Readiness) -> None:
             )
             limiter = trio.CapacityLimiter(config.max_connections)
             async with trio.open_nursery() as nursery:  # owns the read-ahead tasks
-                readers = Readers(federation, cache, nursery, limiter, config.readahead)
+                choice = replica_choice(config, federation, nursery)
+                readers = Readers(federation, cache, nursery, limiter, config.readahead, choice)
                 # A request may wait for another reader's fetch, then fetch itself.
                 operations = DavfedOperations(
                     namespace,
@@ -319,6 +321,7 @@ async def serve(config: Config, readiness: Readiness) -> None:
                     other_tables=lambda: {
                         "readers": readers.alive(),
                         "remembered_targets": federation.remembered_targets(),
+                        **(choice.counts() if choice is not None else {}),
                     },
                 )
                 try:
@@ -334,6 +337,17 @@ async def serve(config: Config, readiness: Readiness) -> None:
                     nursery.cancel_scope.cancel()
                     pyfuse3.close(unmount=True)
                     log.info("unmounted %s", mountpoint)
+
+
+def replica_choice(
+    config: Config, federation: Federation, nursery: trio.Nursery
+) -> ReplicaChoice | None:
+    """The mount's replica choice (docs/replicas.md); None: the federation's 302 only."""
+    if config.replica_choice == "federation" and not config.multi_replica:
+        return None
+    return ReplicaChoice(
+        federation, nursery, mode=config.replica_choice, multi=config.multi_replica
+    )
 
 
 async def _check_root(federation: Federation, config: Config) -> None:
