@@ -20,6 +20,8 @@ kind          effect                                              parameters
 ``validity``  new signed URLs are valid ``seconds`` s             seconds
 ``digest``    a ``candochecksum`` endpoint reports a wrong         path
               ``Digest`` (the right one with bits flipped)
+``corrupt``   the file has its size but other bytes here (one     path (needed)
+              byte in every MiB flipped)
 ============  ==================================================  ==============
 
 Must not import: aiohttp.
@@ -32,13 +34,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast, get_args
 
 FaultKind = Literal[
-    "down", "slow", "stall", "cut", "status", "delete", "resize", "validity", "digest"
+    "down", "slow", "stall", "cut", "status", "delete", "resize", "validity", "digest", "corrupt"
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 #: Faults the nginx endpoints hand to the Python fault server (``proxy_pass``).
 PROXIED_KINDS = frozenset({"slow", "stall", "cut", "status"})
-_PATH_REQUIRED = frozenset({"delete", "resize"})
+_PATH_REQUIRED = frozenset({"delete", "resize", "corrupt"})
 _NO_PATH = frozenset({"down", "validity"})
 _PARAMS: dict[str, frozenset[str]] = {
     "down": frozenset(),
@@ -50,6 +52,7 @@ _PARAMS: dict[str, frozenset[str]] = {
     "resize": frozenset({"size"}),
     "validity": frozenset({"seconds"}),
     "digest": frozenset(),
+    "corrupt": frozenset(),
 }
 
 
@@ -159,8 +162,8 @@ def effect_for(faults: Iterable[Fault], relpath: str) -> Effect:
             status = fault.status
         elif fault.kind == "delete":
             deleted = True
-        elif fault.kind == "resize":
-            resized = True
+        elif fault.kind in ("resize", "corrupt"):
+            resized = True  # an altered copy is served
         elif fault.kind == "stall":
             stall_after = fault.after
         elif fault.kind == "cut":

@@ -74,6 +74,9 @@ class ReplicaChoice:
         self.measurements = Measurements(clock)
         self._nursery = nursery
         self._probing: dict[Origin, trio.Event] = {}
+        #: Files whose assembly failed the whole-file check: read from one replica from
+        #: now on (bounded: the oldest leave first).
+        self.single: dict[str, None] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "metalinks",  # federation requests: metalinks fetched (one per file open at most)
@@ -192,7 +195,7 @@ class BulkSource:
         self._preparing = trio.Lock()
         self._spread: Spread | None = None
         self._assembly = Assembly(entry.size)
-        self._single = False  # after a whole-file mismatch: one replica only
+        self._single = entry.path in choice.single  # after a mismatch: one replica only
         self._generation = 0  # bumped by a mismatch: fetches begun before it are redone
         self._checked = False
         self._chosen: str | None = None
@@ -319,6 +322,9 @@ class BulkSource:
             extra={"event.action": "checksum-mismatch", "url.path": self._path},
         )
         self._single = True
+        choice.single[self._path] = None
+        while len(choice.single) > 4096:
+            del choice.single[next(iter(choice.single))]
         self._generation += 1
         self._assembly.clear()
         self._federation.forget_target(self._path)
