@@ -76,6 +76,7 @@ class Measurements:
         self._clock = clock
         self.stale = stale
         self._hosts: dict[Origin, HostFigures] = {}
+        self._best_rate: float | None = None  # the best rate any host ever averaged
 
     def record(self, url: str, nbytes: int, seconds: float, error: str | None = None) -> None:
         """One transfer of ``nbytes`` from ``url`` that took ``seconds`` (failed: ``error``).
@@ -103,6 +104,7 @@ class Measurements:
                 figures.latency = _ewma(latency, seconds / 2)
                 latency = figures.latency
             figures.cost = _ewma(figures.cost, max(seconds - latency, seconds / 10) / nbytes)
+            self._best_rate = max(self._best_rate or 0.0, 1.0 / figures.cost)
 
     def figures(self, url: str) -> HostFigures | None:
         return self._hosts.get(origin(url))
@@ -115,9 +117,10 @@ class Measurements:
         return self._clock() - figures.updated > self.stale
 
     def prior_rate(self) -> float:
-        """The rate assumed of a host without one: the best known, else :data:`PRIOR_RATE`."""
-        rates = [1.0 / f.cost for f in self._hosts.values() if f.cost is not None]
-        return max(rates, default=PRIOR_RATE)
+        """The rate assumed of a host without one: the best any host ever averaged (not a
+        current one: a host getting slow must not drag the others' prior down with it),
+        else :data:`PRIOR_RATE`."""
+        return self._best_rate if self._best_rate is not None else PRIOR_RATE
 
     def expected(self, url: str, nbytes: int) -> float | None:
         figures = self._hosts.get(origin(url))
