@@ -376,6 +376,10 @@ class Federation:
             log.info("no metalink for %s: %s", path, exc)
         return []
 
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
     def prefer(self, path: str, url: str) -> None:
         """Read ``path`` from ``url`` (a replica the federation offered) until it fails or
         is due for renewal, as if the federation had redirected there."""

@@ -92,6 +92,12 @@ class ReplicaChoice:
             0,
         )
         federation.on_transfer = self.measurements.record
+        federation.transport.on_response = self._first_byte
+
+    def _first_byte(self, url: str, seconds: float) -> None:
+        """From a transport worker thread (Measurements takes its lock)."""
+        if origin(url) != origin(self.federation.base_url):
+            self.measurements.record_first_byte(url, seconds)
 
     def source(
         self, entry: RemoteEntry, streaming: Callable[[], bool], drop: Callable[[], object]

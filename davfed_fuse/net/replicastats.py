@@ -9,7 +9,8 @@ Must not import: httpx, trio, pyfuse3, the cache. Pure bookkeeping: the clock is
 injected and nothing here does I/O.
 
 The model of one host (docs/replicas.md): fetching ``n`` bytes takes
-``latency + n * cost`` seconds. ``latency`` comes from small transfers (at most
+``latency + n * cost`` seconds. ``latency`` is the time to first byte of its answers
+(reported by the transport; without it, the time of small transfers of at most
 :data:`SMALL` bytes: a probe, a random read), ``cost`` (seconds per byte, the inverse
 of the rate) from large ones (at least :data:`LARGE` bytes), with the latency taken
 off. Both are exponentially weighted moving averages, so that a link that changes
@@ -19,6 +20,7 @@ Figures older than :data:`STALE` seconds are due for a probe before a choice.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -76,7 +78,9 @@ class Measurements:
         self._clock = clock
         self.stale = stale
         self._hosts: dict[Origin, HostFigures] = {}
-        self._best_rate: float | None = None  # the best rate any host ever averaged
+        #: Whether latency comes from times to first byte (else from small transfers).
+        self.first_bytes = False
+        self._lock = threading.Lock()  # first-byte figures come from worker threads
 
     def record(self, url: str, nbytes: int, seconds: float, error: str | None = None) -> None:
         """One transfer of ``nbytes`` from ``url`` that took ``seconds`` (failed: ``error``).
@@ -84,6 +88,10 @@ class Measurements:
         A failed transfer counts as a latency sample of its duration (at least the
         current estimate doubled): an endpoint that times out must not stay first.
         """
+        with self._lock:
+            self._record(url, nbytes, seconds, error)
+
+    def _record(self, url: str, nbytes: int, seconds: float, error: str | None) -> None:
         figures = self._hosts.setdefault(origin(url), HostFigures())
         figures.updated = self._clock()
         figures.samples += 1
@@ -93,7 +101,7 @@ class Measurements:
             worst = max(seconds, 2 * (figures.latency or 0.0))
             figures.latency = _ewma(figures.latency, worst)
             return
-        if nbytes <= SMALL:
+        if nbytes <= SMALL and not self.first_bytes:
             figures.latency = _ewma(figures.latency, seconds)
         elif nbytes >= LARGE:
             latency = figures.latency or 0.0
@@ -104,7 +112,14 @@ class Measurements:
                 figures.latency = _ewma(latency, seconds / 2)
                 latency = figures.latency
             figures.cost = _ewma(figures.cost, max(seconds - latency, seconds / 10) / nbytes)
-            self._best_rate = max(self._best_rate or 0.0, 1.0 / figures.cost)
+
+    def record_first_byte(self, url: str, seconds: float) -> None:
+        """An answer's head from ``url`` arrived ``seconds`` after its request was sent."""
+        with self._lock:
+            figures = self._hosts.setdefault(origin(url), HostFigures())
+            figures.latency = _ewma(figures.latency, max(seconds, 1e-6))
+            figures.updated = self._clock()
+            self.first_bytes = True
 
     def figures(self, url: str) -> HostFigures | None:
         return self._hosts.get(origin(url))
@@ -117,10 +132,11 @@ class Measurements:
         return self._clock() - figures.updated > self.stale
 
     def prior_rate(self) -> float:
-        """The rate assumed of a host without one: the best any host ever averaged (not a
-        current one: a host getting slow must not drag the others' prior down with it),
-        else :data:`PRIOR_RATE`."""
-        return self._best_rate if self._best_rate is not None else PRIOR_RATE
+        """The rate assumed of a host without one: the best measured now (hosts differ by
+        their latency until shown otherwise; on a shared link, one connection's rate is
+        the share it gets), else :data:`PRIOR_RATE`."""
+        rates = [1.0 / f.cost for f in self._hosts.values() if f.cost is not None]
+        return max(rates, default=PRIOR_RATE)
 
     def expected(self, url: str, nbytes: int) -> float | None:
         figures = self._hosts.get(origin(url))

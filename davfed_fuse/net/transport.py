@@ -36,7 +36,8 @@ import select
 import socket
 import ssl
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -173,6 +174,9 @@ class Transport:
         # Both lanes' transfers, with room for abandoned ones finishing.
         self._limiter = trio.CapacityLimiter(4 * connections + 8)
         self.connections_made = 0
+        #: Called from the worker thread as ``(url, seconds)`` when an answer's head has
+        #: arrived: the time to first byte (replica choice's latency figure).
+        self.on_response: Callable[[str, float], None] | None = None
 
     async def get_range(
         self,
@@ -244,7 +248,10 @@ class Transport:
             "User-Agent": self._user_agent,
         }
         what = f"GET {redact_url(url)}"
+        sent = time.monotonic()
         conn, response = self._send(key, request.context, target, headers, url, what)
+        if self.on_response is not None:
+            self.on_response(url, time.monotonic() - sent)
         try:
             plan = plan_body(response.status, response.getheader, url, start, end, size)
         except Redirect:

@@ -55,7 +55,8 @@ def test_a_link_that_gets_slow_loses_its_place_within_a_few_transfers() -> None:
     assert m.rank([FAR, NEAR], 4 * MiB)[0] == NEAR
     transfers = 0
     while m.rank([FAR, NEAR], 4 * MiB)[0] == NEAR:
-        m.record(NEAR, 4 * MiB, 0.31)  # every answer now waits 0.3 s
+        m.record_first_byte(NEAR, 0.3)  # every answer now waits 0.3 s before its head
+        m.record(NEAR, 4 * MiB, 0.31)
         transfers += 1
         assert transfers < 5
     assert transfers >= 1
