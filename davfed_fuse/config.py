@@ -8,6 +8,8 @@ Must not import: anything of davfed's but ``errors``.
 from __future__ import annotations
 
 import os
+import pwd
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +22,32 @@ DEV_CACHE_DIR = Path(__file__).resolve().parent.parent / "cache"
 SYSTEM_CACHE_DIR = Path("/var/cache/davfed")
 
 
+def home_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The user's home: ``$HOME`` if absolute, else the password database's (None if
+    the user has no entry)."""
+    home = (os.environ if environ is None else environ).get("HOME", "")
+    if os.path.isabs(home):
+        return Path(home)
+    try:
+        return Path(pwd.getpwuid(os.geteuid()).pw_dir)
+    except KeyError:
+        return None
+
+
+def user_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """A non-root user's cache: ``$XDG_CACHE_HOME/davfed``, else ``~/.cache/davfed``."""
+    xdg = (os.environ if environ is None else environ).get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg) / "davfed"
+    home = home_dir(environ)
+    return home / ".cache" / "davfed" if home is not None else SYSTEM_CACHE_DIR
+
+
 def default_cache_dir() -> Path:
-    """``cache/`` in a development checkout (it has ``pyproject.toml``), else the system dir."""
+    """The per-user cache when not root (:func:`user_cache_dir`); for root, ``cache/`` in a
+    development checkout (it has ``pyproject.toml``), else the system dir."""
+    if os.geteuid() != 0:
+        return user_cache_dir()
     if (DEV_CACHE_DIR.parent / "pyproject.toml").is_file():
         return DEV_CACHE_DIR
     return SYSTEM_CACHE_DIR
@@ -53,11 +79,13 @@ class Config:
     # Cache.
     cache_dir: Path = field(default_factory=default_cache_dir)
     cache_size: int = 20 * GiB
+    #: Free space the cache leaves on its filesystem: ``(bytes, percent)``, the larger.
+    cache_min_free: tuple[int, float] = (0, 5.0)
     block_size: int = 4 * MiB
     readahead: int = 64 * MiB
     max_connections: int = 8
     # Replica choice (docs/replicas.md).
-    replica_choice: str = "measured"
+    replica_choice: str = "federation"
     multi_replica: bool = False
     # Metadata caching (seconds).
     attr_timeout: float = 60.0
@@ -80,7 +108,15 @@ class Config:
     token_file: Path | None = None
     capath: Path | None = None
     proxy: str | None = None
-    # ``config=PATH`` as given (not read yet) and ``env.NAME=VALUE`` pairs that
+    # Fleet options (issue 15): proxy failback, a filling cache's first byte, boot bursts.
+    proxy_reset_after: float = 300.0
+    proxy_fill_rate: int = 2 << 20
+    startup_jitter: float = 3.0
+    # Operations: Prometheus /metrics address (None: off), the summary line's period.
+    metrics_addr: str | None = None
+    stats_interval: float = 600.0
+    # ``config=PATH`` (read instead of davfed.conf; see configfile) and
+    # ``env.NAME=VALUE`` pairs that
     # the launcher puts into the daemon's environment.
     config_file: Path | None = None
     env: tuple[tuple[str, str], ...] = ()

@@ -1,12 +1,13 @@
 """Mount option triage: ``-o`` strings in, a validated :class:`Config` out.
 
 Owns: splitting and joining ``-o`` strings (quotes, commas), checking the federation
-URL, applying the option table (``optiontable.OPTIONS``) in order, ``env.NAME=VALUE``,
+URL, applying the option table (``optiontable.OPTIONS``) to the settings of the
+configuration files (``configfile``) and then of ``-o``, in order, ``env.NAME=VALUE``,
 the checks across options, and what the daemon is handed (:class:`Triage`). The table
 itself, and the parsers of option values (``optionvalues``), are apart from it.
-Everything here is a pure function of its arguments.
-Must not import: pyfuse3, trio, httpx, or any davfed module but ``config``, ``errors``,
-``redaction``, ``optiontable`` and ``optionvalues``.
+Everything here but the reading of the configuration files is a pure function.
+Must not import: pyfuse3, trio, httpx, or any davfed module but ``config``,
+``configfile``, ``errors``, ``redaction``, ``optiontable`` and ``optionvalues``.
 
 ``_`` and ``-`` are the same in option names (``cache-size`` is ``cache_size``);
 values may be quoted with ``"`` or ``'`` to contain commas.
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from davfed_fuse.config import Config
+from davfed_fuse.configfile import Setting, flag_value, read_layers
 from davfed_fuse.errors import UsageError
 from davfed_fuse.optiontable import DROPPED_PREFIXES, OPTIONS, Kind, Rule
 from davfed_fuse.optionvalues import LOG_LEVELS, format_size
@@ -45,6 +47,11 @@ class Triage:
     config: Config
     warnings: tuple[str, ...]
     forwarded: tuple[str, ...]
+    #: Where each Config field that is not a default came from: ``FILE:LINE``,
+    #: ``-o``, ``-v`` or ``-d`` (``env.NAME`` for environment variables).
+    origins: Mapping[str, str] = field(default_factory=dict)
+    #: The configuration files read, in order.
+    files: tuple[Path, ...] = ()
 
 
 # --- splitting ---------------------------------------------------------------
@@ -142,103 +149,135 @@ def build_config(
     verbose: int = 0,
     foreground: bool = False,
     debug: bool = False,
+    config_dir: Path | None = None,
+    mountpoint_known: bool = True,
 ) -> Triage:
-    """Triage ``options`` (raw ``-o`` strings, in order) into a validated Config.
+    """Triage the configuration files and ``options`` (raw ``-o`` strings) into a Config.
 
-    Later options win over earlier ones. ``sloppy`` (``-s``) turns unknown
-    options into warnings; bad values and rejected options still fail.
-    ``verbose`` (the number of ``-v``) makes the log level that many steps
-    more verbose. The URL is kept exactly as given, and the mountpoint is
-    made absolute without following symlinks or touching the filesystem.
+    The files come first (``configfile.layered``: ``davfed.conf`` or ``config=FILE``,
+    ``conf.d/*.conf``, then the sections for ``url`` and ``mountpoint``), then the
+    options in order; later settings win over earlier ones. ``config_dir`` replaces
+    ``$DAVFED_CONFIG_DIR`` / ``/etc/davfed``. ``sloppy`` (``-s``) turns unknown ``-o``
+    options into warnings; bad values, rejected options and anything wrong in a file
+    still fail. ``verbose`` (the number of ``-v``) makes the log level that many steps
+    more verbose. ``mountpoint_known=False`` (``davfed config show URL``) applies no
+    ``[/mountpoint]`` section. The URL is kept exactly as given, and the mountpoint is made absolute
+    without following symlinks or touching the filesystem.
 
     Raises:
-        UsageError: naming the offending option or the bad URL.
+        UsageError: naming the offending option (and its file and line) or the bad URL.
     """
     validate_url(url)
+    mount_dir = Path(os.path.abspath(mountpoint))
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     warnings: list[str] = []
     forwarded: list[str] = []
     env: dict[str, str] = {}
-    for text in options:
-        for item in split_options(text):
-            key, sep, value = item.partition("=")
-            if item.startswith(DROPPED_PREFIXES):
-                continue
-            if key.startswith("env."):
-                name = key[4:]
-                _check_env(name, value, has_value=bool(sep))
-                env[name] = value
-                forwarded.append(item)
-                continue
-            name = normalise_name(key)
-            rule = OPTIONS.get(name)
-            if rule is None:
-                if not sloppy:
-                    raise UsageError(f"unknown mount option '{key}'")
-                warnings.append(f"ignoring unknown mount option '{key}' (sloppy mode)")
-                continue
-            _apply(rule, name, key, value if sep else None, values, warnings, url)
-            if rule.kind in (Kind.FLAG, Kind.VALUE):
-                forwarded.append(f"{name}={value}" if sep else name)
+    command_line = [
+        Setting(key, value if sep else None, "-o")
+        for text in options
+        for item in split_options(text)
+        if not item.startswith(DROPPED_PREFIXES)
+        for key, sep, value in [item.partition("=")]
+    ]
+    main = _config_option(command_line)
+    paths, from_files = read_layers(url, mount_dir if mountpoint_known else None, main, config_dir)
+    for setting in [*from_files, *command_line]:
+        key, value, origin = setting.key, setting.value, setting.origin
+        if key.startswith("env."):
+            name = key[4:]
+            _check_env(name, value or "", has_value=value is not None, origin=origin)
+            env[name] = value or ""
+            origins[f"env.{name}"] = origin
+            if not setting.from_file:
+                forwarded.append(f"{key}={value}")
+            continue
+        name = normalise_name(key)
+        rule = OPTIONS.get(name)
+        if rule is None:
+            if not sloppy:
+                raise UsageError(f"unknown mount option '{key}'")
+            warnings.append(f"ignoring unknown mount option '{key}' (sloppy mode)")
+            continue
+        for changed in _apply(rule, name, setting, values, warnings, url):
+            origins[changed] = origin
+        if rule.kind in (Kind.FLAG, Kind.VALUE) and not setting.from_file:
+            forwarded.append(f"{name}={value}" if value is not None else name)
     if env:
         values["env"] = tuple(env.items())
     if debug:
         values.update(debug=True, log_level="DEBUG")
+        origins.update(debug="-d", log_level="-d")
     if verbose:
         level = values.get("log_level", Config.__dataclass_fields__["log_level"].default)
         index = min(LOG_LEVELS.index(level) + verbose, len(LOG_LEVELS) - 1)
         values["log_level"] = LOG_LEVELS[index]
+        origins["log_level"] = "-v"
         forwarded.append(f"log_level={values['log_level'].lower()}")
-    config = Config(
-        url=url,
-        mountpoint=Path(os.path.abspath(mountpoint)),
-        foreground=foreground or debug,
-        **values,
-    )
+    config = Config(url=url, mountpoint=mount_dir, foreground=foreground or debug, **values)
     _check_config(config, warnings)
-    return Triage(config, tuple(warnings), tuple(forwarded))
+    return Triage(config, tuple(warnings), tuple(forwarded), origins, tuple(paths))
+
+
+def _config_option(settings: Iterable[Setting]) -> Path | None:
+    """The file of the last ``config=FILE`` among the ``-o`` settings, checked."""
+    values: dict[str, Any] = {}
+    for setting in settings:
+        if normalise_name(setting.key) == "config":
+            _apply(OPTIONS["config"], "config", setting, values, [], "")
+    main: Path | None = values.get("config_file")
+    return main
 
 
 def _apply(
     rule: Rule,
     name: str,
-    key: str,
-    value: str | None,
+    setting: Setting,
     values: dict[str, Any],
     warnings: list[str],
     url: str,
-) -> None:
+) -> list[str]:
+    """Apply one setting to ``values``; return the Config fields it set."""
+    key, value = setting.key, setting.value
     if rule.kind is Kind.DROP:
-        return
+        return []
     if rule.kind is Kind.REJECT:
         raise UsageError(f"mount option '{key}' is not accepted: {rule.help}")
     if rule.kind is Kind.IGNORE:
         if (name, value) not in (("fsname", url), ("subtype", "davfed")):
             warnings.append(f"mount option '{key}' {rule.help}")
-        return
+        return []
     if rule.kind is Kind.FLAG:
-        if value is not None:
+        if value is None:
+            sets = dict(rule.sets)
+        elif setting.from_file:
+            sets = flag_value(rule.sets, key, value, setting.origin)
+        else:
             raise UsageError(f"mount option '{key}' takes no value")
-        values.update(rule.sets)
-        return
+        values.update(sets)
+        return list(sets)
     assert rule.field is not None and rule.parse is not None
     if not value:
         raise UsageError(f"mount option '{key}' needs a value: {key}=VALUE")
     try:
         values[rule.field] = rule.parse(value)
     except ValueError as exc:
-        raise UsageError(f"bad value for mount option '{key}': {value!r} {exc}") from None
+        where = f"{setting.origin}: " if setting.from_file else ""
+        raise UsageError(f"{where}bad value for mount option '{key}': {value!r} {exc}") from None
+    return [rule.field]
 
 
-def _check_env(name: str, value: str, *, has_value: bool) -> None:
+def _check_env(name: str, value: str, *, has_value: bool, origin: str = "-o") -> None:
+    where = f"{origin}: " if origin != "-o" else ""
     if not _ENV_NAME.match(name) or not has_value:
-        raise UsageError(f"mount option 'env.{name}' must look like env.NAME=VALUE")
+        raise UsageError(f"{where}mount option 'env.{name}' must look like env.NAME=VALUE")
     upper = name.upper()
     if any(word in upper for word in ("TOKEN", "PASSWORD", "PASSWD", "SECRET")) and not (
         upper.endswith(("_FILE", "_DIR", "_PATH"))
     ):
         raise UsageError(
-            f"mount option 'env.{name}' would expose a secret in ps and /proc/mounts; "
+            f"{where}mount option 'env.{name}' would expose a secret in ps and /proc/mounts; "
             "point to a file instead (e.g. env.BEARER_TOKEN_FILE=/path or token_file=)"
         )
 
@@ -255,11 +294,6 @@ def _check_config(config: Config, warnings: list[str]) -> None:
         warnings.append(
             f"mount_timeout={config.mount_timeout:g} is not below systemd's default "
             f"{SYSTEMD_MOUNT_TIMEOUT:g} s mount timeout; also set x-systemd.mount-timeout="
-        )
-    if config.config_file is not None:
-        warnings.append(
-            f"config={config.config_file} is accepted but configuration files are not "
-            "read yet; give the options with -o"
         )
 
 

@@ -26,6 +26,7 @@ Names are spelled with ``_`` here; ``-`` is the same in a mount option.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ from davfed_fuse.optionvalues import (
     parse_gid,
     parse_log_format,
     parse_log_level,
+    parse_min_free,
     parse_proxy,
     parse_uid,
     parse_umask,
@@ -132,6 +134,20 @@ def _on_off(text: str) -> bool:
     raise ValueError("expected on or off")
 
 
+def _parse_listen(text: str) -> str:
+    """``127.0.0.1:9109`` or ``[::1]:9109``: an IP address (or localhost) and a port."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:9109")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address (or localhost)") from None
+    return text.strip()
+
+
 _positive = seconds(0.0, inclusive=False)
 _non_negative = seconds(0.0)
 
@@ -173,6 +189,11 @@ OPTIONS: dict[str, Rule] = {
     "cache_size": _value(
         "cache_size", size_between(0, 1 << 60), "how much the block cache may keep on disk"
     ),
+    "cache_min_free": _value(
+        "cache_min_free",
+        parse_min_free,
+        "free space the cache always leaves on its filesystem (5% or a size)",
+    ),
     "block_size": _value("block_size", parse_block_size, "size of one cached block (4K..64M)"),
     "readahead": _value(
         "readahead", size_between(0, 16 << 30), "how far ahead of a sequential reader to fetch"
@@ -213,5 +234,28 @@ OPTIONS: dict[str, Rule] = {
     "token_file": _value("token_file", parse_abs_path, "file holding a bearer token"),
     "capath": _value("capath", parse_abs_path, "directory of trusted CA certificates"),
     "proxy": _value("proxy", parse_proxy, "HTTP proxies, CVMFS syntax (a|b;c;DIRECT)"),
-    "config": _value("config_file", parse_abs_path, "configuration file (not read yet)"),
+    # Fleet: proxies at run time and start-up bursts (issue 15; docs/fleet.md).
+    "proxy_reset_after": _value(
+        "proxy_reset_after", _positive, "seconds until the first proxy group is tried again"
+    ),
+    "proxy_fill_rate": _value(
+        "proxy_fill_rate",
+        size_between(1, 1 << 40),
+        "bytes/s a caching proxy is assumed to fill at least (first-byte wait)",
+    ),
+    "startup_jitter": _value(
+        "startup_jitter", _non_negative, "random delay (0..N s) before the first request"
+    ),
+    "config": _value(
+        "config_file", parse_abs_path, "configuration file read instead of davfed.conf"
+    ),
+    # Operations (docs/operations.md).
+    "metrics_addr": _value(
+        "metrics_addr",
+        _parse_listen,
+        "serve Prometheus metrics on HOST:PORT (off by default; 127.0.0.1:PORT typical)",
+    ),
+    "stats_interval": _value(
+        "stats_interval", _non_negative, "seconds between summary lines in the log (0: none)"
+    ),
 }

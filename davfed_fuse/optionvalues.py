@@ -62,6 +62,29 @@ def format_size(value: int) -> str:
     return str(value)
 
 
+def parse_min_free(text: str) -> tuple[int, float]:
+    """A free-space reserve: ``5%`` of the filesystem (0 to 50) or a size (``2G``).
+
+    Returns ``(bytes, percent)`` with one of them 0.
+    """
+    text = text.strip()
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            raise ValueError("expected a percentage such as 5% or a size such as 2G") from None
+        if not 0 <= percent <= 50:
+            raise ValueError("must be between 0% and 50%")
+        return (0, percent)
+    return (size_between(0, 1 << 60)(text), 0.0)
+
+
+def format_min_free(value: tuple[int, float]) -> str:
+    """The inverse of :func:`parse_min_free`."""
+    size, percent = value
+    return f"{percent:g}%" if percent or not size else format_size(size)
+
+
 def seconds(minimum: float, *, inclusive: bool = True) -> Callable[[str], float]:
     """A parser of finite seconds (``30``, ``2.5s``) from ``minimum`` (or above it)."""
 

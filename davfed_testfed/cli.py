@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a signed URL is reused for redirects (default 600)",
     )
     p.add_argument(
+        "--access-log",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="append one line per front-end request: time, client, X-Forwarded-For, "
+        "method, path, status",
+    )
+    p.add_argument(
         "--host",
         default="127.0.0.1",
         metavar="ADDRESS",
@@ -241,6 +249,7 @@ def options_from(args: argparse.Namespace) -> FedOptions:
         control_port=args.control_port,
         work_dir=args.work_dir,
         host=args.host,
+        access_log=args.access_log,
         https=args.https,
         optional_port=args.optional_port,
         pki_dir=args.pki_dir,

@@ -20,6 +20,7 @@ kind          effect                                              parameters
 ``validity``  new signed URLs are valid ``seconds`` s             seconds
 ``digest``    a ``candochecksum`` endpoint reports a wrong         path
               ``Digest`` (the right one with bits flipped)
+``throttle``  bodies are sent at ``rate`` bytes/s at most          rate, path
 ``corrupt``   the file has its size but other bytes here (one     path (needed)
               byte in every MiB flipped)
 ============  ==================================================  ==============
@@ -34,12 +35,22 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast, get_args
 
 FaultKind = Literal[
-    "down", "slow", "stall", "cut", "status", "delete", "resize", "validity", "digest", "corrupt"
+    "down",
+    "slow",
+    "stall",
+    "cut",
+    "status",
+    "delete",
+    "resize",
+    "validity",
+    "digest",
+    "throttle",
+    "corrupt",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 #: Faults the nginx endpoints hand to the Python fault server (``proxy_pass``).
-PROXIED_KINDS = frozenset({"slow", "stall", "cut", "status"})
+PROXIED_KINDS = frozenset({"slow", "stall", "cut", "status", "throttle"})
 _PATH_REQUIRED = frozenset({"delete", "resize", "corrupt"})
 _NO_PATH = frozenset({"down", "validity"})
 _PARAMS: dict[str, frozenset[str]] = {
@@ -52,6 +63,7 @@ _PARAMS: dict[str, frozenset[str]] = {
     "resize": frozenset({"size"}),
     "validity": frozenset({"seconds"}),
     "digest": frozenset(),
+    "throttle": frozenset({"rate"}),
     "corrupt": frozenset(),
 }
 
@@ -71,6 +83,7 @@ class Fault:
     status: int = 503
     size: int | None = None
     seconds: int = 0
+    rate: int = 0  # bytes per second (throttle)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +136,12 @@ def make_fault(kind: str, params: Mapping[str, object]) -> Fault:
         fields["size"] = _number(params, "size", int)
     if "seconds" in params:
         fields["seconds"] = _number(params, "seconds", int)
+    if "rate" in params:
+        fields["rate"] = _number(params, "rate", int)
+        if fields["rate"] <= 0:
+            raise FaultError("rate must be positive")
+    elif kind == "throttle":
+        raise FaultError("fault 'throttle' needs a rate")
     return Fault(cast(FaultKind, kind), path, **fields)
 
 
@@ -137,6 +156,7 @@ class Effect:
     stall_after: int | None = None
     cut_after: int | None = None
     bad_digest: bool = False
+    rate: int | None = None  # bytes per second at most
 
     @property
     def is_clean(self) -> bool:
@@ -153,6 +173,7 @@ def effect_for(faults: Iterable[Fault], relpath: str) -> Effect:
     deleted = resized = bad_digest = False
     stall_after: int | None = None
     cut_after: int | None = None
+    rate: int | None = None
     for fault in faults:
         if fault.path is not None and fault.path != relpath:
             continue
@@ -170,7 +191,9 @@ def effect_for(faults: Iterable[Fault], relpath: str) -> Effect:
             cut_after = fault.after
         elif fault.kind == "digest":
             bad_digest = True
-    return Effect(delay, status, deleted, resized, stall_after, cut_after, bad_digest)
+        elif fault.kind == "throttle":
+            rate = fault.rate if rate is None else min(rate, fault.rate)
+    return Effect(delay, status, deleted, resized, stall_after, cut_after, bad_digest, rate)
 
 
 def resized_content(original: bytes, size: int) -> bytes:

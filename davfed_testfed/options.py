@@ -42,6 +42,7 @@ class FedOptions:
     control_port: int = 0
     work_dir: Path | None = None
     host: str = "127.0.0.1"  # the IPv4 address every server listens on
+    access_log: Path | None = None  # the front end's requests, one line each
     https: bool = False  # Apache with mod_ssl in front (port: its "require" port)
     optional_port: int = 0  # HTTPS mode: Apache's "SSLVerifyClient optional" port
     pki_dir: Path | None = None  # HTTPS mode: the test PKI (made here if missing)

@@ -202,6 +202,31 @@ def _bind(port: int, what: str, address: str) -> Any:
         raise StartupError(f"cannot listen on {address}:{port} for the {what}: {exc}") from None
 
 
+def access_logger(path: Path) -> Any:
+    """A middleware appending ``time client forwarded-for method path status`` per request
+    (the client behind a proxy is in ``X-Forwarded-For``, which squid adds)."""
+    out = path.open("a", buffering=1)
+
+    @web.middleware
+    async def log_request(request: web.Request, handler: Any) -> web.StreamResponse:
+        status = 500
+        try:
+            response: web.StreamResponse = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            forwarded = request.headers.get("X-Forwarded-For", "-").replace(" ", "")
+            out.write(
+                f"{time.time():.3f} {request.remote} {forwarded} {request.method} "
+                f"{request.raw_path} {status}\n"
+            )
+
+    return log_request
+
+
 async def _start_app(app: web.Application, sock: Any) -> web.AppRunner:
     # Apache forwards client certificate chains in headers: allow large ones.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, max_field_size=1 << 16)
@@ -355,7 +380,10 @@ async def serve(
             auth,
             federation.locate_checksum,
         )
-        runners.append(await _start_app(front.app(), front_sock))
+        app = front.app()
+        if opts.access_log is not None:
+            app.middlewares.append(access_logger(opts.access_log))
+        runners.append(await _start_app(app, front_sock))
         url = f"http://{opts.host}:{port}{opts.url_prefix}/"
         https_info: dict[str, Any] | None = None
         if opts.https:

@@ -43,6 +43,7 @@ from davfed_testfed.faults import Effect, FaultTable, resized_content
 from davfed_testfed.namespace import relpath_of
 from davfed_testfed.pages import APACHE_HTML, error_page
 from davfed_testfed.ranges import Span, Unsatisfiable, decide_range
+from davfed_testfed.validators import check_conditions, object_validators
 
 log = logging.getLogger(__name__)
 
@@ -262,12 +263,16 @@ async def _stream(
                 n = min(n, stop_after - sent)
                 if n <= 0:
                     break
+            if effect.rate is not None:
+                n = min(n, max(1, effect.rate // 10))
             chunk = await loop.run_in_executor(None, f.read, n)
             if not chunk:
                 break
             await response.write(chunk)
             sent += len(chunk)
             count(len(chunk))
+            if effect.rate is not None:
+                await asyncio.sleep(len(chunk) / effect.rate)
     if sent < length:
         if effect.stall_after is not None:
             await gate.wait()
@@ -443,8 +448,14 @@ class SignedEndpoint:
             if self.info.kind == "azure":
                 return self._error(404, "BlobNotFound", "The specified blob does not exist.", "")
             return self._error(404, "NoSuchKey", "The specified key does not exist.", resource)
+        validators = object_validators(source)
+        precondition = check_conditions(request.headers, validators)
+        if precondition is not None:
+            return web.Response(status=precondition, headers=validators)
         extra = await digest_headers(request, source, effect, self.info.checksums)
-        return await send_file(request, source, effect, self._gate, self._count, extra)
+        return await send_file(
+            request, source, effect, self._gate, self._count, {**validators, **extra}
+        )
 
 
 # --- the fault server behind the nginx endpoints --------------------------------------------

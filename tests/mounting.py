@@ -111,7 +111,7 @@ def run_helper(
     url: str, mountpoint: Path, *args: str, timeout: float = 90
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(HELPER), url, str(mountpoint), *args],
+        [str(HELPER), url, str(mountpoint), "-o", "startup_jitter=0", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -62,6 +62,7 @@ from davfed_fuse.cache.model import (
     url_hash,
 )
 from davfed_fuse.cache.private import DIR_MODE, private_root
+from davfed_fuse.cache.space import FreeSpace, StatVfs
 
 __all__ = [
     "BadFetch",
@@ -78,6 +79,19 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
+#: Room kept for what storing a block adds besides its bytes (index and WAL pages, a
+#: directory), so that the reserve is not dented by them.
+METADATA_SLACK = 256 * 1024
+#: Seconds between evictions for free space (the unlinks of the last one must land first).
+SPACE_SETTLE = 1.0
+
+
+def _size(n: int) -> str:
+    """``n`` bytes, rounded, for messages: ``1.5G``, ``300M``, ``12K``."""
+    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= factor:
+            return f"{n / factor:.3g}{unit}"
+    return f"{n}B"
 
 
 class BlockCache:
@@ -95,6 +109,12 @@ class BlockCache:
     the fast read path; ``max_fresh_bytes`` bounds the memory of just-stored blocks kept
     for their readers. After a disk-full error nothing is stored for
     ``retry_store_after`` seconds of ``clock`` (reads keep working, as pass-through).
+
+    ``min_free`` is the reserve, ``(bytes, percent of the filesystem)``, the larger of
+    which the cache leaves free on its filesystem, whoever else writes there: a block
+    that would eat into it evicts least recently used blocks to get back above it (at
+    most once per :data:`SPACE_SETTLE` seconds, since files are unlinked in the
+    background) and is not stored itself (pass-through).
     """
 
     def __init__(
@@ -108,6 +128,8 @@ class BlockCache:
         max_open_files: int = 256,
         max_fresh_bytes: int = 64 * MiB,
         retry_store_after: float = 30.0,
+        min_free: tuple[int, float] = (0, 0.0),
+        statvfs: StatVfs = os.statvfs,
         clock: Callable[[], float] = time.monotonic,
         writer: Writer = write_block_file,
     ) -> None:
@@ -130,6 +152,11 @@ class BlockCache:
 
         private_root(self.root)
         os.makedirs(data, DIR_MODE, exist_ok=True)
+        self._space = FreeSpace(
+            data, min_bytes=min_free[0], min_percent=min_free[1], statvfs=statvfs
+        )
+        self._space_evicted_at: float | None = None
+        self._clock = clock
         self._lock = DirectoryLock(self.root / "lock")
         try:
             self._index = Index(os.path.join(data, "index.sqlite3"), block_size=block_size)
@@ -401,13 +428,47 @@ class BlockCache:
     # ------------------------------------------------------------------ fetch and store
 
     def _make_room(self, n: int) -> bool:
-        """Evict least recently used unpinned blocks until ``n`` more bytes fit the cap."""
+        """Evict least recently used unpinned blocks until ``n`` more bytes fit the cap
+        and leave the filesystem's reserve free; False: do not store them."""
         victims = self._lru.victims(n, self.max_bytes)
         if victims is None:
             return False
         self._drop_many(victims)
         self._counters.evicted += len(victims)
-        return True
+        if n == 0:
+            return True
+        # Bytes being written now may not be on disk yet: count them as still to come,
+        # and the index rows and directory a block brings with it.
+        below = n + self._lru.reserved + METADATA_SLACK - self._space.room()
+        if below <= 0:
+            return True
+        now = self._clock()
+        if self._space_evicted_at is None or now - self._space_evicted_at >= SPACE_SETTLE:
+            # What earlier evictions freed may not be unlinked yet: evict once, then wait.
+            self._space_evicted_at = now
+            victims = self._lru.victims(0, max(0, self._lru.total + self._lru.reserved - below))
+            if victims:
+                log.info(
+                    "free space on %s is below the cache_min_free reserve; evicting %d blocks",
+                    self.root,
+                    len(victims),
+                )
+                self._drop_many(victims)
+                self._counters.evicted += len(victims)
+        return False
+
+    def capacity_warning(self) -> str | None:
+        """Why ``max_bytes`` cannot be reached on this filesystem, or None if it can."""
+        short = self._space.shortfall(self.max_bytes, self._lru.total)
+        if not short:
+            return None
+        return (
+            f"cache_size={_size(self.max_bytes)} is more than the cache can get on "
+            f"{self.root}: {_size(self._space.free())} free plus "
+            f"{_size(self._lru.total)} cached, less the cache_min_free reserve of "
+            f"{_size(self._space.reserve)}; the cache stops at about "
+            f"{_size(max(0, self.max_bytes - short))}"
+        )
 
     # ------------------------------------------------------------------ bookkeeping
 

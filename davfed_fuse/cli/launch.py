@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from davfed_fuse.config import Config
+from davfed_fuse.config import Config, home_dir
 from davfed_fuse.errors import MountError, UsageError
 from davfed_fuse.options import Triage, join_options
 from davfed_fuse.system.mounttable import detach_stale, find_mount, is_stale, unmount
@@ -186,7 +186,10 @@ def daemon_env(config: Config) -> dict[str, str]:
     """The daemon's environment: ours, ``HOME`` if missing, plus ``env.NAME=VALUE``."""
     env = dict(os.environ)
     env.pop(DAEMON_COMMAND_ENV, None)
-    env.setdefault("HOME", "/root" if os.geteuid() == 0 else "/")
+    if os.geteuid() == 0:
+        env.setdefault("HOME", "/root")
+    elif "HOME" not in env:  # the daemon finds the same per-user cache as we did
+        env["HOME"] = str(home_dir(env) or "/")
     env.update(config.env)
     return env
 

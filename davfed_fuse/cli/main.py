@@ -26,7 +26,18 @@ from davfed_fuse.exitcodes import Exit
 __all__ = ["USAGE", "helper_main", "main"]
 
 
-COMMANDS = ("mount", "umount", "install-helper", "prefetch", "cache", "verify", "testfed")
+COMMANDS = (
+    "mount",
+    "umount",
+    "config",
+    "install-helper",
+    "prefetch",
+    "cache",
+    "verify",
+    "testfed",
+    "status",
+    "ctl",
+)
 
 
 def command(name: str) -> Callable[[Sequence[str]], int]:
@@ -40,6 +51,10 @@ def command(name: str) -> Callable[[Sequence[str]], int]:
         from davfed_fuse.cli import umount
 
         return umount.main
+    if name == "config":
+        from davfed_fuse.cli import config
+
+        return config.main
     if name == "install-helper":
         from davfed_fuse.cli import installhelper
 
@@ -56,6 +71,14 @@ def command(name: str) -> Callable[[Sequence[str]], int]:
         from davfed_fuse.cli import verify
 
         return verify.main
+    if name == "status":
+        from davfed_fuse.cli import status
+
+        return status.main
+    if name == "ctl":
+        from davfed_fuse.cli import ctl
+
+        return ctl.main
     if name == "testfed":
         from davfed_fuse.cli import testfed
 

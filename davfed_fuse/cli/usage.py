@@ -8,6 +8,12 @@ commands:
                                  mount a federation read-only (returns once live;
                                  -f serves it in the foreground)
   umount [-l] MOUNTPOINT         unmount it
+  config show [-o OPTS]... MOUNTPOINT|URL
+                                 the options a mount uses and where each came from
+  status MOUNTPOINT [--json]     a running mount's state (exit 0 healthy,
+                                 2 no answer, 3 degraded)
+  ctl MOUNTPOINT COMMAND...      change a running mount: log-level, forget,
+                                 proxy info|set (davfed ctl MNT help)
   prefetch PATH... [-r DIR]... [--jobs N] [--quiet] [--json]
                                  warm the cache: read files through a davfed mount
   cache stats|clean [--cache-dir DIR] [--json]

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import stat
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -31,8 +32,11 @@ import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 
 from davfed_fuse.buffers import Buffer
+from davfed_fuse.daemon import xattrs
 from davfed_fuse.daemon.namespace import ROOT_INODE, Namespace
 from davfed_fuse.daemon.openfiles import OpenFile, ReaderFactory
+from davfed_fuse.daemon.status import MountView
+from davfed_fuse.daemon.telemetry import Telemetry
 from davfed_fuse.errors import ReadOnly, UpstreamTimeout, errno_for
 from davfed_fuse.net.webdav import RemoteEntry
 
@@ -78,6 +82,9 @@ def fuse_errors(
             raise
         except Exception as exc:
             code = errno_for(exc)
+            telemetry: Telemetry | None = getattr(args[0], "telemetry", None) if args else None
+            if telemetry is not None:
+                telemetry.errno_answered(code)
             # Answers a user expects (no such file, denied, read-only) are not warnings;
             # their causes (an expired proxy, say) are logged once where they are found.
             level = logging.DEBUG if code in _EXPECTED else logging.WARNING
@@ -113,6 +120,8 @@ class DavfedOperations(pyfuse3.Operations):
         *,
         request_timeout: float = math.inf,
         other_tables: TableSizes = dict,
+        view: MountView | None = None,
+        cold_mark: Callable[[], int] | None = None,
     ) -> None:
         super().__init__()
         #: Seconds any one request may take in all (see :func:`fuse_errors`).
@@ -121,12 +130,20 @@ class DavfedOperations(pyfuse3.Operations):
         self._attributes = attributes
         self._open_reader = open_reader
         self._other_tables = other_tables
+        #: What the root's xattrs report; its counters get every read and errno.
+        self.view = view
+        self.telemetry = view.telemetry if view is not None else None
+        # A number that changes while a read waits for a fetch (cache misses): cold reads.
+        self._cold_mark = cold_mark
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, list[RemoteEntry]] = {}
         self._next_fh = 1
         # The identity each live inode had when last opened, for keep_cache
         # (dropped when the kernel forgets the inode: its cached pages are gone).
         self._opened_as: dict[int, tuple[int, int, str]] = {}
+
+    def open_files(self) -> int:
+        return len(self._files)
 
     def tables(self) -> dict[str, int]:
         """How many entries each per-inode, per-handle and cache table of the daemon holds."""
@@ -251,7 +268,15 @@ class DavfedOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def read(self, fh: FileHandleT, off: int, size: int) -> Buffer:  # type: ignore[override]
-        return await self._files[fh].reader.read(off, size)
+        telemetry, mark = self.telemetry, self._cold_mark
+        if telemetry is None:
+            return await self._files[fh].reader.read(off, size)
+        started = time.perf_counter()
+        before = mark() if mark is not None else 0
+        data = await self._files[fh].reader.read(off, size)
+        cold = mark is None or mark() != before
+        telemetry.read_done(len(data), time.perf_counter() - started, cold)
+        return data
 
     @fuse_errors
     async def release(self, fh: FileHandleT) -> None:
@@ -280,7 +305,7 @@ class DavfedOperations(pyfuse3.Operations):
         data.f_namemax = 255
         return data
 
-    # -- extended attributes: the daemon's own, on the root only ------------
+    # -- extended attributes: the daemon's own (daemon.xattrs) --------------
 
     @fuse_errors
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext) -> bytes:
@@ -289,13 +314,30 @@ class DavfedOperations(pyfuse3.Operations):
                 return str(os.getpid()).encode()
             if name == XATTR_TABLES:
                 return json.dumps(self.tables(), sort_keys=True).encode()
-        raise pyfuse3.FUSEError(errno.ENODATA)
+        view = self.view
+        decoded = os.fsdecode(name)
+        if view is None or not decoded.startswith(xattrs.PREFIX):
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        short = decoded[len(xattrs.PREFIX) :]
+        value: str | None = None
+        if inode == ROOT_INODE:
+            value = xattrs.root_value(view, short)
+        elif short in xattrs.FILE:
+            entry = await self._ns.stat(self._ns.path(inode))
+            if not entry.is_dir:
+                value = xattrs.file_value(view, entry, short)
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value.encode()
 
     @fuse_errors
     async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> Sequence[XAttrNameT]:
+        if self.view is None:
+            return [XATTR_PID, XATTR_TABLES] if inode == ROOT_INODE else []
         if inode == ROOT_INODE:
-            return [XATTR_PID, XATTR_TABLES]
-        return []
+            return [XAttrNameT(n) for n in xattrs.names(True, True)]
+        entry = await self._ns.stat(self._ns.path(inode))
+        return [XAttrNameT(n) for n in xattrs.names(False, entry.is_dir)]
 
     # -- everything that writes ------------------------------------------------
 

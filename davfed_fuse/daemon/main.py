@@ -13,10 +13,12 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import random
 import signal
 import socket
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -29,16 +31,22 @@ from davfed_fuse.config import Config
 from davfed_fuse.daemon.handlers import Attributes, DavfedOperations
 from davfed_fuse.daemon.namespace import Namespace
 from davfed_fuse.daemon.openfiles import Readers, cache_root
+from davfed_fuse.daemon.services import operator_services, proxy_steering
+from davfed_fuse.daemon.status import MountView, ProxyState, cache_counters
+from davfed_fuse.daemon.telemetry import Telemetry, WarningKeeper
 from davfed_fuse.errors import DavfedError, Forbidden, MountError, NotFound
 from davfed_fuse.exitcodes import Exit
 from davfed_fuse.net.credentials import Credentials, TLSGeneration, discover, searched
 from davfed_fuse.net.federation import Federation
 from davfed_fuse.net.httpclient import metadata_client
-from davfed_fuse.net.proxies import ProxiesFailed, Proxy, first_working, proxy_order, proxy_spec
+from davfed_fuse.net.proxies import ProxiesFailed, Proxy, proxy_spec
+from davfed_fuse.net.proxylist import ProxyList, choose_first_working, return_to_first_group
 from davfed_fuse.net.replicachoice import ReplicaChoice
 from davfed_fuse.net.replicas import backoff
-from davfed_fuse.net.transport import Transport
+from davfed_fuse.net.transport import MAX_FILL_WAIT, Transport
 from davfed_fuse.net.webdav import RemoteEntry
+from davfed_fuse.system.control import socket_path
+from davfed_fuse.system.fusermount import capture_stderr, fuse_reason
 from davfed_fuse.system.mounttable import find_mount
 
 log = logging.getLogger(__name__)
@@ -192,14 +200,9 @@ def credentials_for(config: Config) -> Credentials:
     return credentials
 
 
-async def choose_proxy(config: Config, credentials: Credentials) -> Proxy:
-    """The first proxy of the mount's list through which the federation answers.
-
-    None (DIRECT) when there is no list; MountError when no proxy of it works.
-    """
-    spec = proxy_spec(config.proxy, config.url, os.environ)
-    if spec is None:
-        return None
+def proxy_probe(config: Config, credentials: Credentials) -> Callable[[Proxy], Awaitable[None]]:
+    """A probe of one proxy: a real request to the federation (PROPFIND of its root)
+    through it. Raises if the federation does not answer through it."""
 
     async def probe(proxy: Proxy) -> None:
         async with http_client(config, credentials, 1, proxy) as client:
@@ -211,14 +214,43 @@ async def choose_proxy(config: Config, credentials: Credentials) -> Proxy:
             ):
                 await federation.stat("")
 
+    return probe
+
+
+async def choose_proxy(config: Config, credentials: Credentials) -> ProxyList | None:
+    """The mount's proxy list, on the first proxy through which the federation answers.
+
+    None (DIRECT) when there is no list; MountError when no proxy of it works.
+    """
+    spec = proxy_spec(config.proxy, config.url, os.environ)
+    if spec is None:
+        return None
     try:
-        return await first_working(proxy_order(spec), probe)
+        proxies = ProxyList(spec, reset_after=config.proxy_reset_after)
+    except ValueError as exc:
+        raise MountError(f"proxy list {spec!r}: {exc}") from None
+    try:
+        await choose_first_working(proxies, proxy_probe(config, credentials))
     except ProxiesFailed as exc:
         raise MountError(f"{config.url}: {exc}") from None
+    return proxies
+
+
+async def startup_delay(config: Config) -> None:
+    """Wait a random 0..startup_jitter seconds: VMs booting together spread their first
+    requests over that time instead of hitting the federation in the same second."""
+    if config.startup_jitter > 0:
+        delay = random.uniform(0.0, config.startup_jitter)
+        log.info("start-up jitter: first request in %.2f s", delay)
+        await trio.sleep(delay)
 
 
 def http_client(
-    config: Config, credentials: Credentials, connections: int, proxy: Proxy = None
+    config: Config,
+    credentials: Credentials,
+    connections: int,
+    proxy: Proxy = None,
+    proxies: ProxyList | None = None,
 ) -> httpx.AsyncClient:
     """The mount's httpx client for metadata (see :func:`metadata_client`)."""
     return metadata_client(
@@ -227,6 +259,7 @@ def http_client(
         connect_timeout=config.connect_timeout,
         connections=connections,
         proxy=proxy,
+        proxies=proxies,
         user_agent=f"davfed/{__version__}",
     )
 
@@ -236,14 +269,18 @@ def open_cache(config: Config, root: Path) -> BlockCache | None:
     if config.cache_size == 0:
         return None
     try:
-        return BlockCache(
+        cache = BlockCache(
             root,
             max_bytes=config.cache_size,
             block_size=config.block_size,
             max_fetches=config.max_connections,
             # A reader's read-ahead, its current block and one more fetch run.
             max_fresh_bytes=config.readahead + 4 * config.block_size,
+            min_free=config.cache_min_free,
         )
+        if (warning := cache.capacity_warning()) is not None:
+            log.warning("%s", warning)
+        return cache
     except CacheLocked:
         raise MountError(f"cache directory {root} is in use by another davfed mount") from None
     except (OSError, sqlite3.Error) as exc:
@@ -259,13 +296,19 @@ async def serve(config: Config, readiness: Readiness) -> None:
     tasks, the HTTP connections and the cache index.
     """
     mountpoint = Path(config.mountpoint).resolve()
+    telemetry = Telemetry()
     with contextlib.ExitStack() as stack:
         cache = open_cache(config, cache_root(config.cache_dir, config.url))
         if cache is not None:
             stack.callback(cache.close)
         credentials = credentials_for(config)
-        proxy = await choose_proxy(config, credentials)
-        async with http_client(config, credentials, config.max_connections + 2, proxy) as client:
+        await startup_delay(config)
+        configured = await choose_proxy(config, credentials)
+        # Always a list (DIRECT when none was given), so that `davfed ctl proxy set`
+        # can steer a mount at run time, as `cvmfs_talk proxy set` does.
+        proxies = configured or ProxyList("DIRECT", reset_after=config.proxy_reset_after)
+        connections = config.max_connections + 2
+        async with http_client(config, credentials, connections, proxies=proxies) as client:
             # A FUSE request may try two replicas, each within the per-operation deadlines.
             budget = 2 * (config.timeout + config.connect_timeout)
             transport = Transport(
@@ -273,7 +316,8 @@ async def serve(config: Config, readiness: Readiness) -> None:
                 timeout=config.timeout,
                 connect_timeout=config.connect_timeout,
                 connections=config.max_connections + 2,
-                proxy=proxy,
+                proxies=proxies,
+                fill_rate=config.proxy_fill_rate,
                 user_agent=f"davfed/{__version__}",
             )
             stack.callback(transport.close)
@@ -284,6 +328,7 @@ async def serve(config: Config, readiness: Readiness) -> None:
                 federation_headers=credentials.headers,
                 budget=budget,
                 retries=config.retries,
+                observer=telemetry,
             )
             try:
                 await _check_root(federation, config)
@@ -309,29 +354,52 @@ async def serve(config: Config, readiness: Readiness) -> None:
                 entry_timeout=config.entry_timeout,
             )
             limiter = trio.CapacityLimiter(config.max_connections)
+            proxy_state = ProxyState(proxies)
+            view = MountView(
+                url=config.url,
+                mountpoint=mountpoint,
+                telemetry=telemetry,
+                warnings=WarningKeeper(),
+                federation=federation,
+                credentials=credentials,
+                proxy=proxy_state,
+                cache=cache,
+                open_files=lambda: operations.open_files(),
+                control_socket=socket_path(str(mountpoint), os.geteuid()),
+            )
+            probe = proxy_probe(config, credentials)
+            set_proxy = proxy_steering(proxy_state, probe)
             async with trio.open_nursery() as nursery:  # owns the read-ahead tasks
                 choice = replica_choice(config, federation, nursery)
                 readers = Readers(federation, cache, nursery, limiter, config.readahead, choice)
-                # A request may wait for another reader's fetch, then fetch itself.
+                # A request may wait for another reader's fetch, then fetch itself
+                # (through a filling cache: its first byte may wait longer).
+                fill_wait = MAX_FILL_WAIT if configured is not None else 0.0
                 operations = DavfedOperations(
                     namespace,
                     attributes,
                     readers,
-                    request_timeout=2 * budget,
+                    request_timeout=2 * budget + fill_wait,
                     other_tables=lambda: {
                         "readers": readers.alive(),
                         "remembered_targets": federation.remembered_targets(),
                         **(choice.counts() if choice is not None else {}),
                     },
+                    view=view,
+                    cold_mark=None if cache is None else lambda: cache_counters(cache).misses,
                 )
                 try:
-                    pyfuse3.init(operations, str(mountpoint), fuse_options(config))
+                    with capture_stderr() as fusermount:  # it says why, on stderr
+                        pyfuse3.init(operations, str(mountpoint), fuse_options(config))
                 except RuntimeError as exc:
-                    raise MountError(f"cannot mount on {mountpoint}: {exc}") from exc
+                    why = fuse_reason(fusermount.text) or exc
+                    raise MountError(f"cannot mount on {mountpoint}: {why}") from exc
                 try:
                     nursery.start_soon(_watch_signals)
-                    nursery.start_soon(_announce, config, mountpoint, readiness)
-                    await pyfuse3.main()
+                    nursery.start_soon(return_to_first_group, proxies, probe)
+                    async with operator_services(config, view, set_proxy, nursery):
+                        nursery.start_soon(_announce, config, mountpoint, readiness)
+                        await pyfuse3.main()
                 finally:
                     sd_notify("STOPPING=1", f"STATUS=unmounting {mountpoint}")
                     nursery.cancel_scope.cancel()

@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -53,6 +54,7 @@ from davfed_fuse.net.http import (
     status_error,
 )
 from davfed_fuse.net.httpclient import map_exceptions
+from davfed_fuse.net.observe import Exchange, NullObserver, Observer, Transaction, log_exchange
 from davfed_fuse.net.replicas import (
     MAX_TARGETS,
     TARGET_TTL,
@@ -61,7 +63,7 @@ from davfed_fuse.net.replicas import (
     backoff,
     next_replica,
 )
-from davfed_fuse.net.transport import Lane, Transport, log_transfer
+from davfed_fuse.net.transport import Lane, Reply, Transport
 from davfed_fuse.net.webdav import (
     METALINK_ACCEPT,
     PROPFIND_BODY,
@@ -76,6 +78,9 @@ from davfed_fuse.redaction import redact_url
 log = logging.getLogger(__name__)
 
 __all__ = ["MAX_REDIRECTS", "Answer", "Federation", "Lane"]
+
+#: The transaction (one :meth:`Federation.read`) the running task is in.
+_TRANSACTION: ContextVar[Transaction | None] = ContextVar("davfed_transaction", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,7 @@ class Federation:
         retry_delay: Callable[[int], float] = backoff,
         target_ttl: float = TARGET_TTL,
         max_targets: int = MAX_TARGETS,
+        observer: Observer | None = None,
     ) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.root_path = urlsplit(self.base_url).path
@@ -125,6 +131,8 @@ class Federation:
         self.retries = retries
         self._retry_delay = retry_delay
         self._penalties = Penalties(wall_clock, penalty)
+        #: Told of every exchange, failover, retry, metalink and redirect (counters).
+        self.observer: Observer = observer if observer is not None else NullObserver()
         self._targets = Targets(wall_clock, ttl=target_ttl, maxsize=max_targets)
         # Files whose redirect is being followed: concurrent reads of one wait for it.
         self._locating: dict[str, trio.Event] = {}
@@ -227,13 +235,20 @@ class Federation:
         end = min(end, size)
         if start >= end:
             return b""
-        with self._deadline(f"read {path} [{start}, {end})"):
-            try:
-                return await self._read(path, start, end, size, lane)
-            except NotFound as exc:
-                # The file exists (its metadata says so) but no replica serves it:
-                # Dynafed answers 404 when no endpoint with a replica is online.
-                raise UpstreamError(f"{path}: no replica can serve it now ({exc})") from exc
+        transaction = Transaction.new(path, readahead=lane is Lane.BACKGROUND)
+        token = _TRANSACTION.set(transaction)
+        # Through a caching proxy, the first byte may wait for the cache to fill.
+        extra = self._transport.allowance(start)
+        try:
+            with self._deadline(f"read {path} [{start}, {end})", extra):
+                try:
+                    return await self._read(path, start, end, size, lane)
+                except NotFound as exc:
+                    # The file exists (its metadata says so) but no replica serves it:
+                    # Dynafed answers 404 when no endpoint with a replica is online.
+                    raise UpstreamError(f"{path}: no replica can serve it now ({exc})") from exc
+        finally:
+            _TRANSACTION.reset(token)
 
     async def _read(self, path: str, start: int, end: int, size: int, lane: Lane) -> Buffer:
         """Fill ``[start, end)`` from whichever replica can serve it.
@@ -291,6 +306,7 @@ class Federation:
                         rounds += 1
                         if rounds > self.retries:
                             raise last_error or UpstreamError(f"{path}: no replica left")
+                        self._count_retry()
                         await trio.sleep(self._retry_delay(rounds))
                         tried.clear()
                         replicas = await self._replicas(path, fallback=None)
@@ -305,6 +321,7 @@ class Federation:
                     self._penalties.penalise(failed.url)
                     last_error = failed.error
                     tried.add(origin(failed.url))
+                    self._count_failover()
                     # The next turn asks the federation again (the 302 and, if that
                     # names a penalised endpoint, the metalink), inside this try.
                     log.warning(
@@ -319,6 +336,7 @@ class Federation:
                     rounds += 1
                     if rounds > self.retries:
                         raise
+                    self._count_retry()
                     log.info(
                         "%s: the federation offers no replica now (%s); asking again", path, exc
                     )
@@ -336,6 +354,33 @@ class Federation:
             return None
         return url
 
+    def _count_retry(self) -> None:
+        transaction = _TRANSACTION.get()
+        if transaction is not None:
+            transaction.retries += 1
+        self.observer.event("retry")
+
+    def _count_failover(self) -> None:
+        transaction = _TRANSACTION.get()
+        if transaction is not None:
+            transaction.failovers += 1
+        self.observer.event("failover")
+
+    def target(self, path: str) -> str | None:
+        """The remembered redirect target of ``path`` (a signed URL: redact it), or None."""
+        return self._targets.get(path)
+
+    @property
+    def penalty(self) -> float:
+        """Seconds an endpoint that failed is passed over."""
+        return self._penalties.penalty
+
+    def replace_client(self, client: httpx.AsyncClient) -> httpx.AsyncClient:
+        """Send later metadata requests through ``client``; returns the previous one
+        (requests still running finish on it: the caller closes it later)."""
+        old, self._client = self._client, client
+        return old
+
     def forget_target(self, path: str) -> None:
         """Ask the federation again at the next read of ``path``."""
         self._targets.forget(path)
@@ -352,6 +397,7 @@ class Federation:
         """
         replicas = await self.metalink(path)
         if replicas:
+            self.observer.event("metalink")
             return replicas
         if fallback is None:
             fallback = await self._locate(path)
@@ -456,12 +502,13 @@ class Federation:
         return await follow(url_for(self.base_url, path), step, what=f"HEAD {path!r}")
 
     @contextmanager
-    def _deadline(self, what: str) -> Iterator[None]:
+    def _deadline(self, what: str, extra: float = 0.0) -> Iterator[None]:
         try:
-            with trio.fail_after(self.budget):
+            with trio.fail_after(self.budget + extra):
                 yield
         except trio.TooSlowError:
-            raise UpstreamTimeout(f"{what}: no answer within {self.budget:g} s") from None
+            took = self.budget + extra
+            raise UpstreamTimeout(f"{what}: no answer within {took:g} s") from None
 
     async def _read_following(
         self, path: str, start: int, end: int, size: int, into: memoryview, lane: Lane
@@ -499,35 +546,42 @@ class Federation:
 
         Raises :class:`Redirect` for a 3xx. An endpoint's failure is a
         :class:`TargetFailed` (with the good bytes read before it); the federation's
-        own answer that is no data raises its davfed error. Each transaction with a
-        storage endpoint is one log event (:func:`log_transfer`).
+        own answer that is no data raises its davfed error. Each exchange is one
+        log record (:func:`~davfed_fuse.net.observe.log_exchange`) and goes to the
+        observer; all those of one :meth:`read` share its ``trace.id``.
         """
-        if origin(url) == self._origin:
-            headers = self._headers_for(url)
-            try:
-                return await self._transport.get_range(
-                    url, start, end, size, into, lane=lane, headers=headers
-                )
-            except TargetFailed as failed:
-                if failed.in_body:
-                    raise  # the federation served data itself, and its body failed
-                raise failed.error from None
+        transaction = _TRANSACTION.get() or Transaction.new("", readahead=lane is Lane.BACKGROUND)
+        federation = origin(url) == self._origin
+        headers = self._headers_for(url) if federation else None
+        reply = Reply()
         started = trio.current_time()
         got = 0
-        error: str | None = "cancelled"  # unless it ends one of the two ways below
+        error: str | None = "cancelled"  # unless it ends one of the ways below
+        if not federation:
+            self.observer.begin(lane is Lane.BACKGROUND)
         try:
-            got = await self._transport.get_range(url, start, end, size, into, lane=lane)
+            got = await self._transport.get_range(
+                url, start, end, size, into, lane=lane, headers=headers, reply=reply
+            )
             error = None
             return got
         except Redirect:
-            error = "moved"
+            error = None if federation else "moved"
+            if federation:
+                self.observer.event("redirect")
             raise
         except TargetFailed as failed:
             got, error = failed.got, str(failed.error)
+            if federation and not failed.in_body:
+                raise failed.error from None  # the federation's answer that is no data
             raise
         finally:
             took = trio.current_time() - started
-            log_transfer(url, start, end, got, error, took)
+            exchange = Exchange(
+                transaction, url, start, end, got, reply.status, error, took, federation
+            )
+            log_exchange(exchange)
+            self.observer.exchange(exchange)
             if self.on_transfer is not None and error != "cancelled":
                 # A redirect (a DPM head node, a dCache door) is one round trip.
                 self.on_transfer(url, got, took, None if error in (None, "moved") else error)

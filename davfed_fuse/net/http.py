@@ -58,7 +58,8 @@ class TargetFailed(Exception):
     ``got`` bytes of the asked range had arrived before the failure; ``trusted``:
     they may be kept (False when the answer turned out not to be the range: a body
     longer than promised). ``in_body``: the failure came while reading the body
-    (the answer's head was good).
+    (the answer's head was good). ``from_server``: the server's own answer (a
+    status passed through a proxy unchanged), which a proxy is not to blame for.
     """
 
     def __init__(
@@ -69,8 +70,10 @@ class TargetFailed(Exception):
         *,
         in_body: bool = False,
         trusted: bool = True,
+        from_server: bool = False,
     ) -> None:
         super().__init__(str(error))
+        self.from_server = from_server
         self.error = error
         self.url = url
         self.got = got

@@ -23,6 +23,7 @@ import trio
 from davfed_fuse.errors import BadResponse, DavfedError
 from davfed_fuse.net.credentials import TLSGeneration
 from davfed_fuse.net.http import connection_error, has_tls_error
+from davfed_fuse.net.proxylist import ProxyList, proxy_fault
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +67,88 @@ def metadata_client(
     connect_timeout: float,
     connections: int,
     proxy: str | None = None,
+    proxies: ProxyList | None = None,
     user_agent: str = "davfed",
 ) -> httpx.AsyncClient:
     """An httpx client for metadata: at most ``connections`` kept-alive connections per host.
 
     Its connections present the mount's current X.509 credential (a renewal gets
-    new connections); requests go through ``proxy`` (None: direct). It follows no
+    new connections); requests go through ``proxies`` (failing over as the list
+    says, :class:`ProxiedTransport`) or ``proxy`` (None: direct). It follows no
     redirect itself: :func:`davfed_fuse.net.http.follow` does.
     """
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=connections)
+    transport: httpx.AsyncBaseTransport
+    if proxies is not None:
+        transport = ProxiedTransport(tls, proxies, limits=limits)
+    else:
+        transport = CredentialTransport(tls, limits=limits, proxy=proxy)
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=connect_timeout),
         limits=limits,
         follow_redirects=False,
         headers={"User-Agent": user_agent},
-        transport=CredentialTransport(tls, limits=limits, proxy=proxy),
+        transport=transport,
     )
+
+
+#: httpx's errors that mean the proxy (or the way to it) failed, before any answer.
+_PROXY_ERRORS = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.ProxyError,
+    httpx.RemoteProtocolError,
+)
+
+
+class ProxiedTransport(httpx.AsyncBaseTransport):
+    """Metadata requests through the mount's :class:`ProxyList`, failing over as it says.
+
+    One :class:`CredentialTransport` per proxy. A request the proxy fails (no
+    answer, or an answer marked as the proxy's error) is counted against it and
+    sent again through the next proxy of the list: metadata requests (PROPFIND,
+    HEAD, GET of a metalink) are idempotent. When every proxy failed, the last
+    failure is the answer.
+    """
+
+    def __init__(self, tls: TLSGeneration, proxies: ProxyList, *, limits: httpx.Limits) -> None:
+        self._tls = tls
+        self._limits = limits
+        self.proxies = proxies
+        self._pools: dict[str | None, CredentialTransport] = {}
+
+    def _pool(self, proxy: str | None) -> CredentialTransport:
+        pool = self._pools.get(proxy)
+        if pool is None:
+            pool = self._pools[proxy] = CredentialTransport(
+                self._tls, limits=self._limits, proxy=proxy
+            )
+        return pool
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        order = self.proxies.attempt_order()
+        for number, proxy in enumerate(order, 1):
+            last = number == len(order)
+            try:
+                response = await self._pool(proxy).handle_async_request(request)
+            except _PROXY_ERRORS as exc:
+                if proxy is None or last:
+                    raise
+                self.proxies.fail(proxy, f"{type(exc).__name__}: {exc}")
+                continue
+            fault = (
+                None if proxy is None else proxy_fault(response.status_code, response.headers.get)
+            )
+            if fault is None or last:
+                return response
+            await response.aclose()
+            self.proxies.fail(proxy, fault)
+        raise AssertionError("unreachable: the last proxy's answer is returned")
+
+    async def aclose(self) -> None:
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.aclose()
 
 
 class _ReleasingStream(httpx.AsyncByteStream):

@@ -38,12 +38,12 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 import trio
 
-from davfed_fuse.errors import BadResponse, UpstreamError
+from davfed_fuse.errors import BadResponse, IntegrityError, UpstreamError
 from davfed_fuse.net.credentials import TLSGeneration
 from davfed_fuse.net.http import (
     SMALL_BODY,
@@ -56,39 +56,27 @@ from davfed_fuse.net.http import (
     connection_error,
     plan_body,
 )
+from davfed_fuse.net.proxies import Proxy
+from davfed_fuse.net.proxylist import ProxyList, proxy_fault
 from davfed_fuse.redaction import redact_url
 
 log = logging.getLogger(__name__)
 
 #: Bytes per ``recv_into``: between two, a cancelled transfer notices and stops.
 CHUNK = 1 << 20
+#: Bytes per second a caching proxy is assumed to fill at least (see :meth:`Transport.allowance`).
+PROXY_FILL_RATE = 2 << 20
+#: The most :meth:`Transport.allowance` adds to a first-byte wait, seconds.
+MAX_FILL_WAIT = 600.0
 
 
-def log_transfer(url: str, start: int, end: int, got: int, error: str | None, took: float) -> None:
-    """One log event for a transaction with a storage endpoint (ECS field names, for ELK).
+class Reply:
+    """What the caller of :meth:`Transport.get_range` may learn of the answer: its status."""
 
-    Dynafed never learns whether the client's transfer after its redirect worked;
-    the client does, so it records it. ``error``: None, or what went wrong.
-    """
-    parts = urlsplit(url)
-    log.info(
-        "GET %s bytes %d-%d: %s",
-        redact_url(url),
-        start,
-        end - 1,
-        "ok" if error is None else error,
-        extra={
-            "event.action": "read",
-            "event.outcome": "success" if error is None else "failure",
-            "event.duration": int(took * 1e9),
-            "destination.domain": parts.hostname,
-            "destination.port": parts.port,
-            "url.path": parts.path,
-            "http.request.method": "GET",
-            "http.response.body.bytes": got,
-            "davfed.range": f"{start}-{end - 1}",
-        },
-    )
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status = 0  # 0: no answer arrived
 
 
 class Lane(enum.Enum):
@@ -114,19 +102,29 @@ class _PoolKey:
     port: int
     generation: int  # of the credential a TLS connection was made with (0: plain http)
     lane: Lane
+    proxy: Proxy  # the proxy the connection goes to (None: straight to the server)
 
 
 class _Call:
     """One transfer as its worker thread sees it: abandoned when the caller is cancelled."""
 
-    __slots__ = ("abandoned",)
+    __slots__ = ("abandoned", "reply")
 
-    def __init__(self) -> None:
+    def __init__(self, reply: Reply | None) -> None:
         self.abandoned = False
+        self.reply = reply
 
 
 class _Abandoned(Exception):
     pass
+
+
+class _ProxyFailed(Exception):
+    """The proxy failed this transfer (its ``failed.got`` good bytes stay): try the next."""
+
+    def __init__(self, failed: TargetFailed) -> None:
+        super().__init__(str(failed.error))
+        self.failed = failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +149,13 @@ class Transport:
     generation changes (a renewed X.509 proxy). ``proxy`` (``http://host:port``)
     carries every request: https through a CONNECT tunnel. ``connect_timeout``
     bounds connecting (and the TLS handshake), ``timeout`` every wait for data.
+
+    ``proxies`` (a :class:`ProxyList`, which ``proxy`` makes of one URL) fail over
+    *inside* one transfer: when the proxy fails (the rules are in
+    :mod:`davfed_fuse.net.proxylist`), the bytes it delivered stay and the rest of
+    the range is asked through the next proxy of the list; the caller sees one
+    complete range or, every proxy having failed, a failure of the endpoint.
+    Through a proxy, the wait for an answer's head also gets :meth:`allowance`.
     """
 
     def __init__(
@@ -161,13 +166,16 @@ class Transport:
         connect_timeout: float = 10.0,
         connections: int = 8,
         proxy: str | None = None,
+        proxies: ProxyList | None = None,
+        fill_rate: float = PROXY_FILL_RATE,
         user_agent: str = "davfed",
     ) -> None:
         self._tls = tls or TLSGeneration()
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._connections = connections
-        self._proxy = urlsplit(proxy) if proxy else None
+        self.proxies = proxies if proxies is not None else (ProxyList(proxy) if proxy else None)
+        self.fill_rate = fill_rate
         self._user_agent = user_agent
         self._idle: dict[_PoolKey, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
@@ -188,10 +196,12 @@ class Transport:
         *,
         lane: Lane = Lane.FOREGROUND,
         headers: Mapping[str, str] | None = None,
+        reply: Reply | None = None,
     ) -> int:
         """GET ``[start, end)`` of ``url`` (a file of ``size`` bytes) into ``into``.
 
-        Returns the number of bytes read; ``headers`` are sent besides Range.
+        Returns the number of bytes read; ``headers`` are sent besides Range;
+        ``reply.status`` gets the answer's HTTP status, if one arrived.
         Raises :class:`Redirect` for a 3xx and :class:`TargetFailed` for any other
         failure. Cancellation: returns at once; the worker thread stops at its next
         chunk (or its read timeout) and closes its connection; bytes it still writes
@@ -201,7 +211,7 @@ class Transport:
         if url.startswith("https:"):
             generation, context = self._tls.current()
         request = _Request(url, start, end, size, headers or {}, generation, context, lane)
-        call = _Call()
+        call = _Call(reply)
         done = False
         try:
             got: int = await trio.to_thread.run_sync(
@@ -218,6 +228,20 @@ class Transport:
             if not done:
                 call.abandoned = True
 
+    def allowance(self, start: int) -> float:
+        """Extra seconds to wait for the head of a range at ``start`` through a proxy.
+
+        A caching proxy that fetches whole objects (squid's ``range_offset_limit
+        none``) sends nothing until its own fetch from the origin has reached
+        ``start``: a cold read near the end of a large file waits for the cache to
+        fill. The wait gets ``start / fill_rate`` seconds more (at most
+        :data:`MAX_FILL_WAIT`), so a filling cache is not taken for a dead
+        endpoint; once bytes flow, each wait for more is ``timeout`` again.
+        """
+        if self.proxies is None or self.proxies.current() is None:
+            return 0.0
+        return min(MAX_FILL_WAIT, start / self.fill_rate)
+
     def close(self) -> None:
         """Close the idle connections (transfers still running close theirs)."""
         with self._lock:
@@ -229,18 +253,63 @@ class Transport:
     # -- the worker thread's side ----------------------------------------------
 
     def _get(self, request: _Request, into: memoryview, call: _Call) -> int:
-        url, start, end, size = request.url, request.start, request.end, request.size
+        """The transfer, through the proxies of the list in turn while they fail."""
+        proxies = self.proxies
+        if proxies is None:
+            return self._get_via(None, request, into, call)
+        done = 0  # good bytes delivered by proxies that failed afterwards
+        last: TargetFailed | None = None
+        for proxy in proxies.attempt_order():
+            if call.abandoned:
+                raise _Abandoned
+            part = replace(request, start=request.start + done)
+            try:
+                return done + self._get_via(proxy, part, into[done:], call)
+            except _ProxyFailed as exc:
+                failed = exc.failed
+                if failed.trusted:
+                    done += failed.got
+                proxies.fail(proxy, str(failed.error))
+                last = failed
+                if request.start + done >= request.end:
+                    return done
+            except TargetFailed as failed:  # the endpoint's own failure
+                got = done + (failed.got if failed.trusted else 0)
+                raise TargetFailed(failed.error, failed.url, got, in_body=failed.in_body) from None
+        assert last is not None  # every proxy failed: now it counts against the endpoint
+        raise TargetFailed(last.error, last.url, done, in_body=last.in_body)
+
+    def _get_via(self, proxy: Proxy, request: _Request, into: memoryview, call: _Call) -> int:
+        """One try of the transfer, through ``proxy`` (None: straight to the server).
+
+        Through a proxy, a failure that is the proxy's raises :class:`_ProxyFailed`:
+        connecting, timeouts, a body cut short or too long, an answer marked as the
+        proxy's own error, a range other than the one asked for. A status the
+        server sent (passed through) stays the server's :class:`TargetFailed`.
+        """
+        url = request.url
         parts = urlsplit(url)
         scheme = parts.scheme
         try:
             port = parts.port or (443 if scheme == "https" else 80)
         except ValueError:
             raise TargetFailed(BadResponse(f"unusable URL {redact_url(url)}"), url) from None
-        key = _PoolKey(scheme, parts.hostname or "", port, request.generation, request.lane)
-        if self._proxy is not None and scheme == "http":
+        key = _PoolKey(scheme, parts.hostname or "", port, request.generation, request.lane, proxy)
+        if proxy is not None and scheme == "http":
             target = url  # absolute form, to the proxy
         else:
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:
+            return self._exchange(key, request, target, into, call)
+        except TargetFailed as failed:
+            if proxy is None or failed.from_server:
+                raise
+            raise _ProxyFailed(failed) from None
+
+    def _exchange(
+        self, key: _PoolKey, request: _Request, target: str, into: memoryview, call: _Call
+    ) -> int:
+        url, start, end, size = request.url, request.start, request.end, request.size
         headers = {
             **request.headers,
             "Range": f"bytes={start}-{end - 1}",
@@ -248,23 +317,42 @@ class Transport:
             "User-Agent": self._user_agent,
         }
         what = f"GET {redact_url(url)}"
+        head_timeout = self.timeout
+        if key.proxy is not None:
+            head_timeout += min(MAX_FILL_WAIT, start / self.fill_rate)
         sent = time.monotonic()
-        conn, response = self._send(key, request.context, target, headers, url, what)
+        conn, response = self._send(key, request.context, target, headers, url, what, head_timeout)
         if self.on_response is not None:
             self.on_response(url, time.monotonic() - sent)
+        if call.reply is not None:
+            call.reply.status = response.status
+        if key.proxy is not None:
+            fault = proxy_fault(response.status, response.getheader)
+            if fault is not None:
+                self._finish(key, conn, response, read_small=True)
+                raise TargetFailed(UpstreamError(f"{what}: {fault}"), url)
         try:
             plan = plan_body(response.status, response.getheader, url, start, end, size)
         except Redirect:
             self._finish(key, conn, response, read_small=True)
             raise
-        except Exception as exc:
+        except IntegrityError as exc:  # a range or size other than asked: a broken cache?
             self._finish(key, conn, response, read_small=True)
             raise TargetFailed(exc, url) from None
+        except Exception as exc:
+            self._finish(key, conn, response, read_small=True)
+            raise TargetFailed(exc, url, from_server=True) from None
         if plan is None:
             self._finish(key, conn, response, read_small=True)
             return 0
         try:
-            got = self._fill(response, into[: end - start], plan, url, call)
+            sock = conn.sock
+
+            def flowing() -> None:  # bytes arrive: from now on, every wait is `timeout`
+                if sock is not None and head_timeout != self.timeout:
+                    sock.settimeout(self.timeout)
+
+            got = self._fill(response, into[: end - start], plan, url, call, flowing)
         except BaseException:
             conn.close()
             raise
@@ -279,6 +367,7 @@ class Transport:
         headers: dict[str, str],
         url: str,
         what: str,
+        head_timeout: float,
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send the request on an idle connection (again on a new one if the server had
         closed it meanwhile) or a new one; return the connection and its answer's head."""
@@ -288,7 +377,10 @@ class Transport:
             try:
                 if conn is None:
                     conn = self._connect(key, context)
+                assert conn.sock is not None
+                conn.sock.settimeout(head_timeout)
                 conn.request("GET", target, headers=headers)
+                # The head_timeout stays until the body's first bytes (see _fill).
                 return conn, conn.getresponse()
             except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
                 if conn is not None:
@@ -308,7 +400,7 @@ class Transport:
     def _connect(self, key: _PoolKey, context: ssl.SSLContext | None) -> http.client.HTTPConnection:
         scheme, host, port = key.scheme, key.host, key.port
         conn: http.client.HTTPConnection
-        proxy = self._proxy
+        proxy = urlsplit(key.proxy) if key.proxy is not None else None
         if proxy is not None:  # connect to the proxy; https goes through a CONNECT tunnel
             host, port, tunnel = proxy.hostname or "", proxy.port or 80, (host, port)
         if scheme == "https":
@@ -374,9 +466,18 @@ class Transport:
 
     @staticmethod
     def _fill(
-        response: http.client.HTTPResponse, into: memoryview, plan: BodyPlan, url: str, call: _Call
+        response: http.client.HTTPResponse,
+        into: memoryview,
+        plan: BodyPlan,
+        url: str,
+        call: _Call,
+        flowing: Callable[[], None],
     ) -> int:
         """Read the body into ``into`` as ``plan`` says; the number of bytes read.
+
+        Until the first chunk has arrived, waits are as long as the head's (a
+        filling cache may send its head early and its body late); ``flowing`` is
+        called then, and sets the wait back to ``timeout``.
 
         The body is read in chunks of :data:`CHUNK` bytes, each read whole or not at
         all (a buffered read): after a failure, ``got`` counts the whole chunks read,
@@ -393,6 +494,7 @@ class Transport:
                     if not n:
                         break
                     skip -= n
+                    flowing()
             while filled < want and not skip:
                 if call.abandoned:
                     raise _Abandoned
@@ -400,6 +502,7 @@ class Transport:
                 if not n:
                     break
                 filled += n
+                flowing()
             if plan.exact and filled == want and response.read(1):
                 raise body_too_long(url, want)
         except TimeoutError as exc:

@@ -10,7 +10,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from davfed_fuse.daemon.filereader import FileReader, ReadaheadPolicy
+from davfed_fuse.daemon.filereader import FileReader, ReadaheadPolicy, ScatterDetector
 
 from .conftest import BS, FakeFetcher, MakeCache, ident_for, make_source
 
@@ -221,7 +221,8 @@ async def test_blocks_fetched_before_close_are_still_stored(
         await reader.read(0, BS)
         # Let the background fetches finish; their stores now wait on worker threads.
         await trio.testing.wait_all_tasks_blocked()
-        assert sorted(fetch.blocks_fetched()[1:]) == [0, 1] and not cache.is_cached(ident, 0)
+        # Block 0 is stored from the first read's bytes (not fetched again), block 1 fetched.
+        assert sorted(fetch.blocks_fetched()[1:]) == [1] and not cache.is_cached(ident, 0)
         reader.close()  # while the blocks are being written
     assert cache.is_cached(ident, 0) and cache.is_cached(ident, 1)
 
@@ -230,3 +231,62 @@ def test_readahead_zero_turns_it_off() -> None:
     policy = ReadaheadPolicy(100 * BS, BS, max_bytes=0)
     assert sequential(policy, 100 * BS, BS) == []
     assert sequential(ReadaheadPolicy(100 * BS, BS, max_bytes=BS), 100 * BS, BS) != []
+
+
+async def test_a_fill_after_a_direct_read_fetches_only_the_rest_of_its_block(
+    make_cache: MakeCache,
+) -> None:
+    data = make_source(16 * BS)
+    ident = ident_for(data)
+    fetch = FakeFetcher(data, delay=0.01)
+    cache = make_cache()
+    async with trio.open_nursery() as nursery:
+        reader = FileReader(cache, ident, fetch, nursery, trio.CapacityLimiter(4))
+        assert bytes(await reader.read(5 * BS + 100, 500)) == data[5 * BS + 100 : 5 * BS + 600]
+        with trio.fail_after(10):
+            while not cache.is_cached(ident, 5):
+                await trio.sleep(0.01)
+        # The read's bytes, then the parts of block 5 before and after them: no byte twice.
+        assert sorted(fetch.calls) == [
+            (5 * BS, 5 * BS + 100),
+            (5 * BS + 100, 5 * BS + 600),
+            (5 * BS + 600, 6 * BS),
+        ]
+        assert bytes(await reader.read(5 * BS, BS)) == data[5 * BS : 6 * BS]
+        reader.close()
+
+
+def test_scatter_detector_fires_once_for_a_file_read_all_over() -> None:
+    det = ScatterDetector(100 * BS, BS)
+    reads = [(k * BS + 7, BS // 4) for k in (50, 3, 77, 20, 9)]  # dense reads all over
+    fired = [det.on_read(off, n, jumped=True) for off, n in reads]
+    assert fired == [False, False, False, True, False]
+
+
+def test_scatter_detector_ignores_small_random_and_sequential_reads() -> None:
+    small = ScatterDetector(100 * BS, BS)
+    assert not any(small.on_read(k * BS, BS // 64, jumped=True) for k in range(100))
+    stream = ScatterDetector(100 * BS, BS)
+    assert not any(stream.on_read(k * BS, BS, jumped=k == 0) for k in range(100))
+    too_big = ScatterDetector(100 * BS, BS, max_file=10 * BS)
+    assert not any(too_big.on_read(k * BS, BS, jumped=True) for k in range(100))
+
+
+async def test_a_file_read_all_over_is_fetched_whole_across_opens(
+    make_cache: MakeCache,
+) -> None:
+    data = make_source(12 * BS)
+    ident = ident_for(data)
+    fetch = FakeFetcher(data, delay=0.001)
+    cache = make_cache(max_bytes=100 * BS)
+    async with trio.open_nursery() as nursery:
+        for k in (7, 2, 10, 5):  # one open per range, as uproot through fsspec reads
+            reader = FileReader(cache, ident, fetch, nursery, trio.CapacityLimiter(4))
+            got = await reader.read(k * BS + 3, BS // 2)
+            assert bytes(got) == data[k * BS + 3 : k * BS + 3 + BS // 2]
+            reader.close()
+        with trio.fail_after(10):
+            while not all(cache.is_cached(ident, k) for k in range(12)):
+                await trio.sleep(0.01)
+    fetched = sum(end - start for start, end in fetch.calls)
+    assert fetched == len(data)  # every byte once

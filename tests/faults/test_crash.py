@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from davfed_testfed import TestFederation
-from tests.mounting import MiB, Mounter, requires_fuse, the_daemon, write_big
+from tests.mounting import MiB, Mounter, requires_fuse, the_daemon, wait_until, write_big
 
 pytestmark = [pytest.mark.mount, requires_fuse]
 
@@ -21,8 +21,15 @@ SIZE = 96 * MiB
 
 
 def fetched(fed: TestFederation) -> int:
-    time.sleep(0.3)  # nginx logs a request when it ends
-    return sum(fed.bytes_sent(e.index) for e in fed.endpoints)
+    """Bytes the endpoints sent, once their logs settle (nginx logs a request when it ends)."""
+    seen: list[int] = []
+
+    def settled() -> bool:
+        seen.append(sum(fed.bytes_sent(e.index) for e in fed.endpoints))
+        return len(seen) > 1 and seen[-1] == seen[-2]
+
+    assert wait_until(settled, timeout=10, interval=0.1)
+    return seen[-1]
 
 
 def block_files(cache: Path) -> list[Path]:

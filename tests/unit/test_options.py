@@ -10,12 +10,21 @@ from pathlib import Path
 import pytest
 
 from davfed_fuse.config import Config, GiB, MiB
+from davfed_fuse.configfile import CONFIG_DIR_ENV
 from davfed_fuse.errors import UsageError
 from davfed_fuse.options import build_config, join_options, split_options, validate_url
 from davfed_fuse.optiontable import OPTIONS, Kind
 from davfed_fuse.optionvalues import format_size, parse_size
 
 URL = "https://dynafed.example/belle"
+
+
+@pytest.fixture(autouse=True)
+def no_system_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never read the machine's /etc/davfed: an empty configuration directory."""
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "etc-davfed"))
+
+
 DEFAULT = Config(url=URL, mountpoint=Path("/mnt"))
 
 
@@ -260,10 +269,18 @@ def test_env_options_are_collected_in_order() -> None:
     assert triage.forwarded == ("env.HTTPS_PROXY=http://s:3128", "env.X509_CERT_DIR=/c")
 
 
-def test_config_option_is_accepted_with_a_warning() -> None:
-    triage = build_config(URL, "/mnt", ["config=/etc/davfed/davfed.conf"])
-    assert triage.config.config_file == Path("/etc/davfed/davfed.conf")
-    assert any("not read yet" in w for w in triage.warnings)
+def test_config_option_reads_the_file(tmp_path: Path) -> None:
+    conf = tmp_path / "site.conf"
+    conf.write_text("cache_size = 3G\n")
+    triage = build_config(URL, "/mnt", [f"config={conf}"])
+    assert triage.config.config_file == conf
+    assert triage.config.cache_size == 3 * GiB
+    assert triage.origins["cache_size"] == f"{conf}:1"
+    assert triage.warnings == ()
+
+
+def test_a_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    assert "does not exist" in usage_error(f"config={tmp_path / 'nope.conf'}")
 
 
 def test_mount_timeout_at_systemd_default_warns() -> None:

@@ -11,14 +11,23 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from davfed_fuse.config import Config
-from davfed_fuse.errors import UsageError
+from davfed_fuse.errors import BadResponse, UsageError
 from davfed_fuse.logs import setup_logging
+from davfed_fuse.net.http import (
+    TargetFailed,
+    body_complete,
+    body_failed,
+    body_too_long,
+    redirect_target,
+)
+from davfed_fuse.net.transport import Transport
 from davfed_fuse.options import validate_url
 from davfed_fuse.redaction import REDACTED, SECRET_QUERY_PARAMS, redact, redact_url
 
@@ -180,3 +189,53 @@ def test_a_signed_url_as_the_mount_url_is_refused_without_echo(
     with pytest.raises(UsageError) as info:
         validate_url(url)
     assert_clean(str(info.value), gone, [])
+
+
+# --- exception messages -------------------------------------------------------------
+
+
+def transfer_errors(url: str) -> list[str]:
+    """The messages of every error the HTTP rules build from a replica's URL."""
+    messages = [
+        str(body_failed(url, 10, ConnectionResetError("reset"), timed_out=False).error),
+        str(body_failed(url, 10, TimeoutError(), timed_out=True).error),
+        str(body_too_long(url, 100).error),
+    ]
+    with pytest.raises(TargetFailed) as short:
+        body_complete(url, 10, 100)
+    messages.append(str(short.value.error))
+    with pytest.raises(BadResponse) as no_location:
+        redirect_target(url, None, 302)
+    messages.append(str(no_location.value))
+    with pytest.raises(BadResponse) as not_http:
+        redirect_target(url, "ftp://elsewhere/f", 302)
+    messages.append(str(not_http.value))
+    return messages
+
+
+@pytest.mark.parametrize(("scheme", "url", "gone", "kept"), SIGNED, ids=IDS)
+def test_error_messages_hide_every_scheme(
+    scheme: str, url: str, gone: list[str], kept: list[str]
+) -> None:
+    for message in transfer_errors(url):
+        assert_clean(message, gone, kept)
+
+
+@pytest.mark.parametrize(("scheme", "url", "gone", "kept"), SIGNED, ids=IDS)
+async def test_a_real_failed_transfer_hides_every_scheme(
+    scheme: str, url: str, gone: list[str], kept: list[str]
+) -> None:
+    # The production transport, against a port nothing listens on: the message a
+    # reader's failed replica carries into the logs.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dead = f"http://127.0.0.1:{port}/{url.split('/', 3)[3]}"
+    transport = Transport(timeout=2, connect_timeout=2)
+    try:
+        with pytest.raises(TargetFailed) as failed:
+            await transport.get_range(dead, 0, 10, 100, memoryview(bytearray(10)))
+    finally:
+        transport.close()
+    assert_clean(str(failed.value.error), gone, [])
+    assert_clean(repr(failed.value), gone, [])
