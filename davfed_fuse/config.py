@@ -84,6 +84,9 @@ class Config:
     block_size: int = 4 * MiB
     readahead: int = 64 * MiB
     max_connections: int = 8
+    # Replica choice (docs/replicas.md).
+    replica_choice: str = "federation"
+    multi_replica: bool = False
     # Metadata caching (seconds).
     attr_timeout: float = 60.0
     entry_timeout: float = 60.0

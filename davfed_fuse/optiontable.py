@@ -115,6 +115,25 @@ def _value(name: str, parse: Callable[[str], object], help: str) -> Rule:
     return Rule(Kind.VALUE, help, field=name, parse=parse)
 
 
+def _one_of(*words: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in words:
+            raise ValueError(f"expected {' or '.join(words)}")
+        return value
+
+    return parse
+
+
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("on", "yes", "1", "true"):
+        return True
+    if value in ("off", "no", "0", "false"):
+        return False
+    raise ValueError("expected on or off")
+
+
 def _parse_listen(text: str) -> str:
     """``127.0.0.1:9109`` or ``[::1]:9109``: an IP address (or localhost) and a port."""
     host, sep, port = text.strip().rpartition(":")
@@ -181,6 +200,15 @@ OPTIONS: dict[str, Rule] = {
     ),
     "max_connections": _value(
         "max_connections", integer(1, 256), "concurrent HTTP connections per host"
+    ),
+    # Replica choice (docs/replicas.md).
+    "replica_choice": _value(
+        "replica_choice",
+        _one_of("federation", "measured"),
+        "read a large file from the federation's replica or the best measured one",
+    ),
+    "multi_replica": _value(
+        "multi_replica", _on_off, "spread sequential read-ahead over several replicas (on/off)"
     ),
     "uid": _value("uid", parse_uid, "owner of every file (number or user name)"),
     "gid": _value("gid", parse_gid, "group of every file (number or group name)"),

@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="IPv4 address the front end, control API and endpoints listen on (default 127.0.0.1)",
     )
     p.add_argument(
+        "--endpoint-hosts",
+        default="",
+        metavar="A0,A1,...",
+        help="IPv4 address of each endpoint, e.g. behind different emulated links "
+        "(default: --host for all)",
+    )
+    p.add_argument(
         "--https",
         action="store_true",
         help="front the federation with Apache httpd + mod_ssl: --port is its "
@@ -248,6 +255,7 @@ def options_from(args: argparse.Namespace) -> FedOptions:
         pki_dir=args.pki_dir,
         auth_rules=args.auth_rules,
         checksum_endpoints=checksum_endpoints,
+        endpoint_hosts=tuple(a.strip() for a in args.endpoint_hosts.split(",") if a.strip()),
     )
 
 

@@ -21,6 +21,8 @@ kind          effect                                              parameters
 ``digest``    a ``candochecksum`` endpoint reports a wrong         path
               ``Digest`` (the right one with bits flipped)
 ``throttle``  bodies are sent at ``rate`` bytes/s at most          rate, path
+``corrupt``   the file has its size but other bytes here (one     path (needed)
+              byte in every MiB flipped)
 ============  ==================================================  ==============
 
 Must not import: aiohttp.
@@ -33,13 +35,23 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast, get_args
 
 FaultKind = Literal[
-    "down", "slow", "stall", "cut", "status", "delete", "resize", "validity", "digest", "throttle"
+    "down",
+    "slow",
+    "stall",
+    "cut",
+    "status",
+    "delete",
+    "resize",
+    "validity",
+    "digest",
+    "throttle",
+    "corrupt",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 #: Faults the nginx endpoints hand to the Python fault server (``proxy_pass``).
 PROXIED_KINDS = frozenset({"slow", "stall", "cut", "status", "throttle"})
-_PATH_REQUIRED = frozenset({"delete", "resize"})
+_PATH_REQUIRED = frozenset({"delete", "resize", "corrupt"})
 _NO_PATH = frozenset({"down", "validity"})
 _PARAMS: dict[str, frozenset[str]] = {
     "down": frozenset(),
@@ -52,6 +64,7 @@ _PARAMS: dict[str, frozenset[str]] = {
     "validity": frozenset({"seconds"}),
     "digest": frozenset(),
     "throttle": frozenset({"rate"}),
+    "corrupt": frozenset(),
 }
 
 
@@ -170,8 +183,8 @@ def effect_for(faults: Iterable[Fault], relpath: str) -> Effect:
             status = fault.status
         elif fault.kind == "delete":
             deleted = True
-        elif fault.kind == "resize":
-            resized = True
+        elif fault.kind in ("resize", "corrupt"):
+            resized = True  # an altered copy is served
         elif fault.kind == "stall":
             stall_after = fault.after
         elif fault.kind == "cut":

@@ -335,7 +335,7 @@ class NginxEndpoint:
         fdir = self._work_dir / "faults"
         prefix = f"ep{self.info.index}"
         wanted: set[Path] = set()
-        resized: list[tuple[Path, Path, int | None]] = []
+        resized: list[tuple[Path, Path, int | None, bool]] = []
         for fault in self.faults.faults():
             if fault.kind in PROXIED_KINDS:
                 flag = fdir / (
@@ -344,13 +344,14 @@ class NginxEndpoint:
                 wanted.add(flag)
             elif fault.kind == "delete" and fault.path is not None:
                 wanted.add(fdir / "deleted" / prefix / fault.path)
-            elif fault.kind == "resize" and fault.path is not None:
+            elif fault.kind in ("resize", "corrupt") and fault.path is not None:
                 dest = fdir / "resized" / prefix / fault.path
                 wanted.add(dest)
-                resized.append((self._data_dir / fault.path, dest, fault.size))
-        for source, dest, size in resized:
+                corrupt = fault.kind == "corrupt"
+                resized.append((self._data_dir / fault.path, dest, fault.size, corrupt))
+        for source, dest, size, corrupt in resized:
             tmp = dest.with_name(dest.name + ".tmp-testfed")
-            await asyncio.to_thread(write_resized, source, tmp, size)
+            await asyncio.to_thread(write_resized, source, tmp, size, corrupt=corrupt)
             os.replace(tmp, dest)
         for flag in wanted:
             if not flag.exists():

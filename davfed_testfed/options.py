@@ -49,6 +49,11 @@ class FedOptions:
     auth_rules: Path | None = None  # allowusers/allowgroups lines
     #: endpoints flagged ``candochecksum`` (Want-Digest); None: every endpoint
     checksum_endpoints: frozenset[int] | None = None
+    #: the IPv4 address of each endpoint (e.g. behind different emulated links); empty: host
+    endpoint_hosts: tuple[str, ...] = ()
+
+    def endpoint_host(self, index: int) -> str:
+        return self.endpoint_hosts[index] if self.endpoint_hosts else self.host
 
     @property
     def endpoint_kinds(self) -> tuple[str, ...]:
@@ -110,6 +115,18 @@ class FedOptions:
             ipaddress.IPv4Address(self.host)
         except ValueError:
             raise OptionsError(f"--host {self.host!r} is not an IPv4 address") from None
+        if self.endpoint_hosts and len(self.endpoint_hosts) != self.endpoints:
+            raise OptionsError(
+                f"--endpoint-hosts lists {len(self.endpoint_hosts)} addresses "
+                f"for {self.endpoints} endpoints"
+            )
+        for address in self.endpoint_hosts:
+            try:
+                ipaddress.IPv4Address(address)
+            except ValueError:
+                raise OptionsError(
+                    f"--endpoint-hosts: {address!r} is not an IPv4 address"
+                ) from None
         if self.maxlistitems < 0:
             raise OptionsError("--maxlistitems must not be negative")
         if not self.https and (self.pki_dir is not None or self.optional_port):

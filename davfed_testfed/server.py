@@ -252,7 +252,7 @@ def _make_endpoints(
                     ep_dir,
                     fault_server,
                     index in opts.second_hop,
-                    address=opts.host,
+                    address=opts.endpoint_host(index),
                     checksums=index in opts.checksum_set,
                 )
             )
@@ -260,8 +260,8 @@ def _make_endpoints(
             info = EndpointInfo(
                 index,
                 kind,
-                free_port(opts.host),
-                address=opts.host,
+                free_port(opts.endpoint_host(index)),
+                address=opts.endpoint_host(index),
                 checksums=index in opts.checksum_set,
             )
             endpoints.append(SignedEndpoint(info, opts.data_dir, ep_dir, creds))

@@ -163,9 +163,19 @@ class StallGate:
         self._event = asyncio.Event()
 
 
-def write_resized(source: Path, dest: Path, size: int | None) -> None:
-    """Write the altered replica of ``source`` to ``dest`` (``size`` None: half the size)."""
+def write_resized(source: Path, dest: Path, size: int | None, *, corrupt: bool = False) -> None:
+    """Write the altered replica of ``source`` to ``dest`` (``size`` None: half the size;
+    ``corrupt``: the same size, one byte of every MiB flipped)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if corrupt:
+        shutil.copyfile(source, dest)
+        with dest.open("r+b") as out:
+            for offset in range(100, source.stat().st_size, 1 << 20):
+                out.seek(offset)
+                byte = out.read(1)
+                out.seek(offset)
+                out.write(bytes([byte[0] ^ 0xFF]))
+        return
     original_size = source.stat().st_size
     new_size = original_size // 2 if size is None else size
     if new_size <= original_size:
@@ -355,10 +365,14 @@ class SignedEndpoint:
 
     async def sync_faults(self) -> None:
         for fault in self.faults.faults():
-            if fault.kind == "resize" and fault.path is not None:
+            if fault.kind in ("resize", "corrupt") and fault.path is not None:
                 dest = self._resized_dir / fault.path
                 await asyncio.to_thread(
-                    write_resized, self._data_dir / fault.path, dest, fault.size
+                    write_resized,
+                    self._data_dir / fault.path,
+                    dest,
+                    fault.size,
+                    corrupt=fault.kind == "corrupt",
                 )
         if not any(f.kind == "stall" for f in self.faults.faults()):
             self._gate.release()

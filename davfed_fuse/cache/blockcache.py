@@ -265,6 +265,17 @@ class BlockCache:
         """True if block ``index`` of this identity is being fetched right now."""
         return (ident, index) in self._flights
 
+    def drop_file(self, ident: FileIdentity) -> int:
+        """Drop the stored blocks of ``ident`` not in use now (they failed a whole-file
+        check); returns how many. The next reads fetch them again."""
+        self._check_open()
+        h = url_hash(ident.url)
+        victims = [
+            (h, k) for k in sorted(self._lru.by_file.get(h, ())) if not self._lru.pins.get((h, k))
+        ]
+        self._drop_many(victims)
+        return len(victims)
+
     def stats(self) -> CacheStats:
         """Current size and counters (counters persist across restarts)."""
         lru = self._lru

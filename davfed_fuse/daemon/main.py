@@ -41,6 +41,7 @@ from davfed_fuse.net.federation import Federation
 from davfed_fuse.net.httpclient import metadata_client
 from davfed_fuse.net.proxies import ProxiesFailed, Proxy, proxy_spec
 from davfed_fuse.net.proxylist import ProxyList, choose_first_working, return_to_first_group
+from davfed_fuse.net.replicachoice import ReplicaChoice
 from davfed_fuse.net.replicas import backoff
 from davfed_fuse.net.transport import MAX_FILL_WAIT, Transport
 from davfed_fuse.net.webdav import RemoteEntry
@@ -369,7 +370,8 @@ async def serve(config: Config, readiness: Readiness) -> None:
             probe = proxy_probe(config, credentials)
             set_proxy = proxy_steering(proxy_state, probe)
             async with trio.open_nursery() as nursery:  # owns the read-ahead tasks
-                readers = Readers(federation, cache, nursery, limiter, config.readahead)
+                choice = replica_choice(config, federation, nursery)
+                readers = Readers(federation, cache, nursery, limiter, config.readahead, choice)
                 # A request may wait for another reader's fetch, then fetch itself
                 # (through a filling cache: its first byte may wait longer).
                 fill_wait = MAX_FILL_WAIT if configured is not None else 0.0
@@ -381,6 +383,7 @@ async def serve(config: Config, readiness: Readiness) -> None:
                     other_tables=lambda: {
                         "readers": readers.alive(),
                         "remembered_targets": federation.remembered_targets(),
+                        **(choice.counts() if choice is not None else {}),
                     },
                     view=view,
                     cold_mark=None if cache is None else lambda: cache_counters(cache).misses,
@@ -402,6 +405,17 @@ async def serve(config: Config, readiness: Readiness) -> None:
                     nursery.cancel_scope.cancel()
                     pyfuse3.close(unmount=True)
                     log.info("unmounted %s", mountpoint)
+
+
+def replica_choice(
+    config: Config, federation: Federation, nursery: trio.Nursery
+) -> ReplicaChoice | None:
+    """The mount's replica choice (docs/replicas.md); None: the federation's 302 only."""
+    if config.replica_choice == "federation" and not config.multi_replica:
+        return None
+    return ReplicaChoice(
+        federation, nursery, mode=config.replica_choice, multi=config.multi_replica
+    )
 
 
 async def _check_root(federation: Federation, config: Config) -> None:

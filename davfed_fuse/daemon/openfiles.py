@@ -25,6 +25,7 @@ from davfed_fuse.buffers import Buffer
 from davfed_fuse.cache.blockcache import BlockCache, FileIdentity
 from davfed_fuse.daemon.filereader import FileReader, ReadaheadPolicy
 from davfed_fuse.net.federation import Federation, Lane
+from davfed_fuse.net.replicachoice import ReplicaChoice
 from davfed_fuse.net.webdav import RemoteEntry, url_for
 
 
@@ -99,6 +100,7 @@ class CachedReader:
         nursery: trio.Nursery,
         limiter: trio.CapacityLimiter,
         readahead: int,
+        choice: ReplicaChoice | None = None,
     ) -> None:
         async def fetch(start: int, end: int) -> Buffer:
             return await federation.read(entry.path, start, end, entry.size)
@@ -108,6 +110,9 @@ class CachedReader:
 
         policy = ReadaheadPolicy(entry.size, cache.block_size, max_bytes=readahead)
         ident = identity(federation, entry)
+        if choice is not None:  # bulk transfers choose among the replicas
+            source = choice.source(entry, lambda: policy.streaming, lambda: cache.drop_file(ident))
+            fetch_ahead = source.fetch
         self._reader = FileReader(
             cache, ident, fetch, nursery, limiter, policy=policy, fetch_ahead=fetch_ahead
         )
@@ -134,8 +139,10 @@ class Readers:
         nursery: trio.Nursery,
         limiter: trio.CapacityLimiter,
         readahead: int,
+        choice: ReplicaChoice | None = None,
     ) -> None:
         self._federation = federation
+        self._choice = choice
         self._cache = cache
         self._nursery = nursery
         self._limiter = limiter
@@ -148,7 +155,13 @@ class Readers:
             reader = DirectReader(self._federation, entry)
         else:
             reader = CachedReader(
-                self._federation, entry, self._cache, self._nursery, self._limiter, self._readahead
+                self._federation,
+                entry,
+                self._cache,
+                self._nursery,
+                self._limiter,
+                self._readahead,
+                self._choice,
             )
         self._alive.add(reader)
         return reader

@@ -136,6 +136,9 @@ class Federation:
         self._targets = Targets(wall_clock, ttl=target_ttl, maxsize=max_targets)
         # Files whose redirect is being followed: concurrent reads of one wait for it.
         self._locating: dict[str, trio.Event] = {}
+        #: Called after every transaction with a storage endpoint as
+        #: ``(url, bytes, seconds, error or None)`` (measured replica choice).
+        self.on_transfer: Callable[[str, int, float, str | None], None] | None = None
 
     async def aclose(self) -> None:
         """Close the httpx client and the transport's idle connections."""
@@ -392,22 +395,96 @@ class Federation:
         Without a metalink (the federation has none, or it failed), the
         federation's current redirect target (``fallback``, or a fresh one).
         """
-        url = url_for(self.base_url, path) + "?metalink"
-        headers = {"Accept": METALINK_ACCEPT, **self._headers_for(url)}
-        try:
-            with map_exceptions(f"metalink of {path}"):
-                response = await self._client.get(url, headers=headers)
-            if response.status_code == 200:
-                replicas = parse_metalink(response.content)
-                if replicas:
-                    self.observer.event("metalink")
-                    return replicas
-            log.info("no metalink for %s (HTTP %d)", path, response.status_code)
-        except (UpstreamError, UpstreamTimeout, BadResponse) as exc:
-            log.info("no metalink for %s: %s", path, exc)
+        replicas = await self.metalink(path)
+        if replicas:
+            self.observer.event("metalink")
+            return replicas
         if fallback is None:
             fallback = await self._locate(path)
         return [fallback]
+
+    # -- choosing among the replicas (net/replicachoice.py) ------------------
+
+    async def metalink(self, path: str) -> list[str]:
+        """The replica URLs the federation's metalink offers for ``path``, in its order.
+
+        Empty if it offers no metalink (or it failed). One request to the federation.
+        """
+        url = url_for(self.base_url, path) + "?metalink"
+        headers = {"Accept": METALINK_ACCEPT, **self._headers_for(url)}
+        try:
+            with self._deadline(f"metalink of {path}"), map_exceptions(f"metalink of {path}"):
+                response = await self._client.get(url, headers=headers)
+            if response.status_code == 200:
+                return parse_metalink(response.content)
+            log.info("no metalink for %s (HTTP %d)", path, response.status_code)
+        except (UpstreamError, UpstreamTimeout, BadResponse) as exc:
+            log.info("no metalink for %s: %s", path, exc)
+        return []
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
+    def prefer(self, path: str, url: str) -> None:
+        """Read ``path`` from ``url`` (a replica the federation offered) until it fails or
+        is due for renewal, as if the federation had redirected there."""
+        if url not in self._penalties:
+            self._targets.remember(path, url)
+
+    def penalised(self, url: str) -> bool:
+        """Whether the endpoint of ``url`` failed recently."""
+        return url in self._penalties
+
+    async def read_from(
+        self,
+        url: str,
+        path: str,
+        start: int,
+        end: int,
+        size: int,
+        *,
+        lane: Lane = Lane.BACKGROUND,
+        fallback: bool = True,
+    ) -> Buffer:
+        """Bytes ``[start, end)`` of ``path`` from the replica ``url`` the federation offered.
+
+        Checked like every read (size, Content-Range). If that replica fails, it is
+        penalised and the bytes are read as :meth:`read` does (the federation's target,
+        then the metalink): the caller gets the bytes or read()'s error. Without
+        ``fallback`` (a probe), the replica's failure is raised as an UpstreamError.
+        """
+        end = min(end, size)
+        if start >= end:
+            return b""
+        if url not in self._penalties:
+            buffer = new_buffer(end - start)
+            view = memoryview(buffer)
+            try:
+
+                async def step(hop_url: str, _hop: int) -> int:
+                    return await self._get_range(hop_url, start, end, size, view, lane)
+
+                with self._deadline(f"read {path} [{start}, {end})"):
+                    got = await follow(url, step, what=f"GET {path!r}")
+                if got == end - start:
+                    return buffer
+            except TargetFailed as failed:
+                self._penalties.penalise(failed.url)
+                self._targets.forget(path)
+                log.warning(
+                    "replica failed, reading through the federation: %s",
+                    failed.error,
+                    extra={"event.action": "failover", "url.path": path},
+                )
+            except (BadResponse, UpstreamError, UpstreamTimeout) as exc:
+                self._penalties.penalise(url)
+                log.warning("replica failed, reading through the federation: %s", exc)
+            finally:
+                view.release()
+        if not fallback:
+            raise UpstreamError(f"{path}: replica {redact_url(url)} did not answer")
+        return await self.read(path, start, end, size, lane=lane)
 
     async def _locate(self, path: str) -> str:
         """Where the federation redirects a GET of ``path`` now (without reading data)."""
@@ -505,3 +582,6 @@ class Federation:
             )
             log_exchange(exchange)
             self.observer.exchange(exchange)
+            if self.on_transfer is not None and error != "cancelled":
+                # A redirect (a DPM head node, a dCache door) is one round trip.
+                self.on_transfer(url, got, took, None if error in (None, "moved") else error)

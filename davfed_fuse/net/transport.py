@@ -36,6 +36,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
@@ -181,6 +182,9 @@ class Transport:
         # Both lanes' transfers, with room for abandoned ones finishing.
         self._limiter = trio.CapacityLimiter(4 * connections + 8)
         self.connections_made = 0
+        #: Called from the worker thread as ``(url, seconds)`` when an answer's head has
+        #: arrived: the time to first byte (replica choice's latency figure).
+        self.on_response: Callable[[str, float], None] | None = None
 
     async def get_range(
         self,
@@ -316,7 +320,10 @@ class Transport:
         head_timeout = self.timeout
         if key.proxy is not None:
             head_timeout += min(MAX_FILL_WAIT, start / self.fill_rate)
+        sent = time.monotonic()
         conn, response = self._send(key, request.context, target, headers, url, what, head_timeout)
+        if self.on_response is not None:
+            self.on_response(url, time.monotonic() - sent)
         if call.reply is not None:
             call.reply.status = response.status
         if key.proxy is not None:
