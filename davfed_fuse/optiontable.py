@@ -134,6 +134,20 @@ def _on_off(text: str) -> bool:
     raise ValueError("expected on or off")
 
 
+#: Why ``multi_replica=on`` is refused for now (docs/replicas.md, issue 16).
+MULTI_REPLICA_DISABLED = (
+    "not available in this release: when a file spread over several replicas fails "
+    "its whole-file checksum, blocks that fetches still in flight store afterwards can "
+    "keep bytes of the bad replica (found by tests/replicas); use replica_choice=measured"
+)
+
+
+def _multi_replica(text: str) -> bool:
+    if _on_off(text):
+        raise ValueError(MULTI_REPLICA_DISABLED)
+    return False
+
+
 def _parse_listen(text: str) -> str:
     """``127.0.0.1:9109`` or ``[::1]:9109``: an IP address (or localhost) and a port."""
     host, sep, port = text.strip().rpartition(":")
@@ -208,7 +222,9 @@ OPTIONS: dict[str, Rule] = {
         "read a large file from the federation's replica or the best measured one",
     ),
     "multi_replica": _value(
-        "multi_replica", _on_off, "spread sequential read-ahead over several replicas (on/off)"
+        "multi_replica",
+        _multi_replica,
+        "spread read-ahead over several replicas (off; on is refused in this release)",
     ),
     "uid": _value("uid", parse_uid, "owner of every file (number or user name)"),
     "gid": _value("gid", parse_gid, "group of every file (number or group name)"),

@@ -413,9 +413,11 @@ def replica_choice(
     """The mount's replica choice (docs/replicas.md); None: the federation's 302 only."""
     if config.replica_choice == "federation" and not config.multi_replica:
         return None
-    return ReplicaChoice(
-        federation, nursery, mode=config.replica_choice, multi=config.multi_replica
-    )
+    # A spread read is measured: multi_replica=on implies replica_choice=measured
+    # (with the federation's order, a file found corrupt could be read again from
+    # the blocks of a spread still in flight: seen in tests/replicas).
+    mode = "measured" if config.multi_replica else config.replica_choice
+    return ReplicaChoice(federation, nursery, mode=mode, multi=config.multi_replica)
 
 
 async def _check_root(federation: Federation, config: Config) -> None:

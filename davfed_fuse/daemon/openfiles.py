@@ -113,6 +113,12 @@ class CachedReader:
         if choice is not None:  # bulk transfers choose among the replicas
             source = choice.source(entry, lambda: policy.streaming, lambda: cache.drop_file(ident))
             fetch_ahead = source.fetch
+
+            async def fetch(start: int, end: int) -> Buffer:
+                data = await federation.read(entry.path, start, end, entry.size)
+                await source.witness(start, data)  # a spread file is checked whole
+                return data
+
         self._reader = FileReader(
             cache, ident, fetch, nursery, limiter, policy=policy, fetch_ahead=fetch_ahead
         )

@@ -214,7 +214,9 @@ class BulkSource:
         """Bytes ``[start, end)`` of the file (a run of whole blocks)."""
         federation, path, size = self._federation, self._path, self._size
         if self._replicas is None and (size < self._choice.min_bulk or not self._streaming()):
-            return await federation.read(path, start, end, size, lane=Lane.BACKGROUND)
+            data = await federation.read(path, start, end, size, lane=Lane.BACKGROUND)
+            await self.witness(start, data)
+            return data
         await self._prepare()
         generation = self._generation
         url = self._pick(end - start)
@@ -232,6 +234,14 @@ class BulkSource:
             if generation != self._generation:
                 return await federation.read(path, start, end, size, lane=Lane.BACKGROUND)
         return data
+
+    async def witness(self, start: int, data: Buffer) -> None:
+        """Bytes of the file that came through the federation's own redirect (a direct
+        read, a fetch before the stream was recognised): part of the whole file that a
+        spread read is checked as, so that its pieces can cover it."""
+        if not self._single:
+            self._assembly.add(start, data, "federation")
+            await self._check()
 
     async def _prepare(self) -> None:
         async with self._preparing:

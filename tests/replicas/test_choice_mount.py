@@ -109,6 +109,24 @@ def test_federation_choice_reads_from_the_first_replica(
     assert "replica_metalinks" not in tables(mnt)
 
 
+MULTI_OFF = pytest.mark.skip(
+    reason="multi_replica=on is refused in this release: a file found corrupt can keep "
+    "blocks stored by fetches still in flight (issue 16; see test_multi_replica_is_refused)"
+)
+
+
+def test_multi_replica_is_refused_with_the_reason(clean: TestFederation, tmp_path: Path) -> None:
+    from tests.mounting import run_helper
+
+    target = tmp_path / "mnt"
+    target.mkdir()
+    result = run_helper(clean.url, target, "-o", f"cache_dir={tmp_path}/c,multi_replica=on")
+    assert result.returncode == 1, result
+    assert "multi_replica" in result.stderr and "in flight" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@MULTI_OFF
 def test_multi_replica_spreads_and_verifies(
     clean: TestFederation, mounter: Mounter, data: Path
 ) -> None:
@@ -123,6 +141,7 @@ def test_multi_replica_spreads_and_verifies(
     assert counts["replica_mismatches"] == 0, counts
 
 
+@MULTI_OFF
 def test_a_replica_serving_different_bytes_is_caught(
     clean: TestFederation, mounter: Mounter, data: Path
 ) -> None:
@@ -147,7 +166,7 @@ def test_nothing_changes_for_a_file_with_one_replica(
     make_testfed: Callable[..., TestFederation], mounter: Mounter, data: Path
 ) -> None:
     one = make_testfed(data, endpoints=1)
-    mnt = mounter(one.url, "-o", "multi_replica=on,replica_choice=measured")
+    mnt = mounter(one.url, "-o", "replica_choice=measured")
     assert sha(mnt / ONE) == hashlib.sha256((data / ONE).read_bytes()).hexdigest()
     assert one.bytes_sent(0) >= SIZE
     counts = tables(mnt)
