@@ -375,12 +375,6 @@ class Federation:
         """Seconds an endpoint that failed is passed over."""
         return self._penalties.penalty
 
-    def replace_client(self, client: httpx.AsyncClient) -> httpx.AsyncClient:
-        """Send later metadata requests through ``client``; returns the previous one
-        (requests still running finish on it: the caller closes it later)."""
-        old, self._client = self._client, client
-        return old
-
     def forget_target(self, path: str) -> None:
         """Ask the federation again at the next read of ``path``."""
         self._targets.forget(path)
