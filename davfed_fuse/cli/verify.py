@@ -44,7 +44,7 @@ from davfed_fuse.exitcodes import Exit
 from davfed_fuse.net.credentials import Credentials, TLSGeneration, discover
 from davfed_fuse.net.federation import Federation
 from davfed_fuse.net.httpclient import metadata_client
-from davfed_fuse.system.mounttable import MountEntry, read_mountinfo
+from davfed_fuse.system.mounttable import MountEntry, containing_mount, read_mountinfo
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,7 @@ class VerifyError(Exception):
 
 def mount_of(path: Path, entries: Sequence[MountEntry]) -> MountEntry | None:
     """The topmost davfed mount whose mountpoint contains ``path`` (already resolved)."""
-    found: MountEntry | None = None
-    text = str(path)
-    for entry in entries:  # later lines are on top
-        point = entry.mountpoint.rstrip("/") or "/"
-        inside = text == point or text.startswith(point + "/") or point == "/"
-        if inside and (found is None or len(point) >= len(found.mountpoint.rstrip("/") or "/")):
-            found = entry
+    found = containing_mount(path, entries)
     return found if found is not None and found.is_davfed else None
 
 
